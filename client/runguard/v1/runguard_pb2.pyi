@@ -1,0 +1,253 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REJECTION_REASON_UNSPECIFIED: _ClassVar[RejectionReason]
+    REJECTION_REASON_IN_FLIGHT: _ClassVar[RejectionReason]
+    REJECTION_REASON_DUPLICATE: _ClassVar[RejectionReason]
+    REJECTION_REASON_WAIT_TIMEOUT: _ClassVar[RejectionReason]
+    REJECTION_REASON_QUEUE_FULL: _ClassVar[RejectionReason]
+
+class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
+    CHANGE_KIND_ACQUIRED: _ClassVar[ChangeKind]
+    CHANGE_KIND_RELEASED: _ClassVar[ChangeKind]
+
+class ReleaseReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RELEASE_REASON_UNSPECIFIED: _ClassVar[ReleaseReason]
+    RELEASE_REASON_ENDED: _ClassVar[ReleaseReason]
+    RELEASE_REASON_EXPIRED: _ClassVar[ReleaseReason]
+    RELEASE_REASON_FORCED: _ClassVar[ReleaseReason]
+
+class EndResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    END_RESULT_UNSPECIFIED: _ClassVar[EndResult]
+    END_RESULT_ENDED: _ClassVar[EndResult]
+    END_RESULT_ALREADY_ENDED: _ClassVar[EndResult]
+REJECTION_REASON_UNSPECIFIED: RejectionReason
+REJECTION_REASON_IN_FLIGHT: RejectionReason
+REJECTION_REASON_DUPLICATE: RejectionReason
+REJECTION_REASON_WAIT_TIMEOUT: RejectionReason
+REJECTION_REASON_QUEUE_FULL: RejectionReason
+CHANGE_KIND_UNSPECIFIED: ChangeKind
+CHANGE_KIND_ACQUIRED: ChangeKind
+CHANGE_KIND_RELEASED: ChangeKind
+RELEASE_REASON_UNSPECIFIED: ReleaseReason
+RELEASE_REASON_ENDED: ReleaseReason
+RELEASE_REASON_EXPIRED: ReleaseReason
+RELEASE_REASON_FORCED: ReleaseReason
+END_RESULT_UNSPECIFIED: EndResult
+END_RESULT_ENDED: EndResult
+END_RESULT_ALREADY_ENDED: EndResult
+
+class Run(_message.Message):
+    __slots__ = ("guard", "operation_id", "fingerprint", "fencing_token", "started_at", "expires_at", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    operation_id: str
+    fingerprint: str
+    fencing_token: int
+    started_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fencing_token: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GuardState(_message.Message):
+    __slots__ = ("guard", "capacity", "holders", "queue_length")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    capacity: int
+    holders: _containers.RepeatedCompositeFieldContainer[Run]
+    queue_length: int
+    def __init__(self, guard: _Optional[str] = ..., capacity: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., queue_length: _Optional[int] = ...) -> None: ...
+
+class BeginRequest(_message.Message):
+    __slots__ = ("guard", "operation_id", "route", "payload", "idempotency_key", "ttl", "wait", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    operation_id: str
+    route: str
+    payload: _struct_pb2.Value
+    idempotency_key: str
+    ttl: _duration_pb2.Duration
+    wait: _duration_pb2.Duration
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., route: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Granted(_message.Message):
+    __slots__ = ("run", "lease_token")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    lease_token: str
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., lease_token: _Optional[str] = ...) -> None: ...
+
+class Rejection(_message.Message):
+    __slots__ = ("reason", "message", "holders", "duplicate_of", "retry_after")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    reason: RejectionReason
+    message: str
+    holders: _containers.RepeatedCompositeFieldContainer[Run]
+    duplicate_of: Run
+    retry_after: _duration_pb2.Duration
+    def __init__(self, reason: _Optional[_Union[RejectionReason, str]] = ..., message: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., duplicate_of: _Optional[_Union[Run, _Mapping]] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class BeginResponse(_message.Message):
+    __slots__ = ("granted", "rejected")
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    granted: Granted
+    rejected: Rejection
+    def __init__(self, granted: _Optional[_Union[Granted, _Mapping]] = ..., rejected: _Optional[_Union[Rejection, _Mapping]] = ...) -> None: ...
+
+class EndRequest(_message.Message):
+    __slots__ = ("guard", "operation_id", "lease_token", "force")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    operation_id: str
+    lease_token: str
+    force: bool
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class EndResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: EndResult
+    def __init__(self, result: _Optional[_Union[EndResult, str]] = ...) -> None: ...
+
+class KeepAliveRequest(_message.Message):
+    __slots__ = ("guard", "operation_id", "lease_token", "ttl")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    operation_id: str
+    lease_token: str
+    ttl: _duration_pb2.Duration
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class KeepAliveResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class CurrentRequest(_message.Message):
+    __slots__ = ("guard",)
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    def __init__(self, guard: _Optional[str] = ...) -> None: ...
+
+class CurrentResponse(_message.Message):
+    __slots__ = ("state", "revision", "epoch")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    state: GuardState
+    revision: int
+    epoch: str
+    def __init__(self, state: _Optional[_Union[GuardState, _Mapping]] = ..., revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("guards", "after_revision", "epoch")
+    GUARDS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    guards: _containers.RepeatedScalarFieldContainer[str]
+    after_revision: int
+    epoch: str
+    def __init__(self, guards: _Optional[_Iterable[str]] = ..., after_revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("revision", "guards", "resynced")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    GUARDS_FIELD_NUMBER: _ClassVar[int]
+    RESYNCED_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    guards: _containers.RepeatedCompositeFieldContainer[GuardState]
+    resynced: bool
+    def __init__(self, revision: _Optional[int] = ..., guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., resynced: _Optional[bool] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("revision", "kind", "release_reason", "run", "state")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_REASON_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    kind: ChangeKind
+    release_reason: ReleaseReason
+    run: Run
+    state: GuardState
+    def __init__(self, revision: _Optional[int] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., release_reason: _Optional[_Union[ReleaseReason, str]] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., state: _Optional[_Union[GuardState, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("epoch", "snapshot", "change", "progress")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    epoch: str
+    snapshot: Snapshot
+    change: Change
+    progress: Progress
+    def __init__(self, epoch: _Optional[str] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...

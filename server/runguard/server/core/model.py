@@ -1,0 +1,190 @@
+"""The values the core works on: runs, guard documents, policies, changes.
+
+All frozen, all plain data (str, int, float, tuples), so a store can keep a
+guard document as it is or serialise it field by field. Times are seconds
+since the Unix epoch as floats; the core never reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+Labels = tuple[tuple[str, str], ...]
+"""Labels as sorted (key, value) pairs, so documents stay hashable."""
+
+
+class ChangeKind(enum.Enum):
+    """What happened to a slot."""
+
+    ACQUIRED = "acquired"
+    """A Begin was granted, at once or from the queue."""
+    RELEASED = "released"
+    """A run left its slot; the change's ``reason`` says how."""
+
+
+class ReleaseReason(enum.Enum):
+    """How a run left its slot."""
+
+    ENDED = "ended"
+    """Its holder called End with the lease token."""
+    EXPIRED = "expired"
+    """Its lease ran out without a KeepAlive."""
+    FORCED = "forced"
+    """An admin called End with ``force``."""
+
+
+class RejectionReason(enum.Enum):
+    """Why Begin refused a slot; the values read like the seed's ``reason``."""
+
+    IN_FLIGHT = "in_flight"
+    """The guard is at capacity and the caller did not ask to wait."""
+    DUPLICATE = "duplicate"
+    """The same submission was accepted within the dedup window, or is queued."""
+    WAIT_TIMEOUT = "wait_timeout"
+    """The caller queued and no slot freed before its wait elapsed."""
+    QUEUE_FULL = "queue_full"
+    """The caller asked to wait but the queue is at its limit."""
+
+
+class EndResult(enum.Enum):
+    """What End did."""
+
+    ENDED = "ended"
+    """This call freed the slot."""
+    ALREADY_ENDED = "already_ended"
+    """The run was already gone."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardPolicy:
+    """The rules of one guard, from the server's configuration."""
+
+    capacity: int = 1
+    dedup_window: float = 5.0
+    max_ttl: float = 1800.0
+    max_queue: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {self.capacity}")
+        if self.dedup_window < 0:
+            raise ValueError(f"dedup_window must not be negative, got {self.dedup_window}")
+        if self.max_ttl <= 0:
+            raise ValueError(f"max_ttl must be positive, got {self.max_ttl}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Run:
+    """A run as anybody may see it: no lease token."""
+
+    guard: str
+    operation_id: str
+    fingerprint: str
+    fencing_token: int
+    started_at: float
+    expires_at: float
+    labels: Labels = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Holder:
+    """A run holding a slot, with the secret and the lease length only it knows."""
+
+    run: Run
+    lease_token: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Waiter:
+    """A Begin queued for a slot. Its lease token is made when it queues."""
+
+    operation_id: str
+    fingerprint: str
+    lease_token: str
+    ttl: float
+    labels: Labels
+    enqueued_at: float
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accepted:
+    """A dedup entry: a submission accepted at ``accepted_at`` (its run's start)."""
+
+    run: Run
+    accepted_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tombstone:
+    """How a recent run left, so a late KeepAlive can say why its lease is lost."""
+
+    operation_id: str
+    reason: ReleaseReason
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardDoc:
+    """Everything a guard keeps: the one document a store versions and swaps."""
+
+    name: str
+    next_fencing: int
+    holders: tuple[Holder, ...] = ()
+    queue: tuple[Waiter, ...] = ()
+    accepted: tuple[Accepted, ...] = ()
+    tombstones: tuple[Tombstone, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardView:
+    """A guard's state as watchers and Current see it."""
+
+    guard: str
+    capacity: int
+    holders: tuple[Run, ...]
+    queue_length: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One slot change and the guard's state right after it.
+
+    ``revision`` is 0 as the core makes it; the store sets it when it commits.
+    """
+
+    kind: ChangeKind
+    run: Run
+    state: GuardView
+    reason: ReleaseReason | None = None
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejection:
+    """A refused Begin, with what the caller needs to decide what to do next."""
+
+    reason: RejectionReason
+    message: str
+    holders: tuple[Run, ...] = ()
+    duplicate_of: Run | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BeginCommand:
+    """A validated Begin, with the randomness the core must not make itself.
+
+    ``ttl`` None means the policy's max TTL; ``wait`` 0 means do not queue.
+    """
+
+    operation_id: str
+    fingerprint: str
+    lease_token: str
+    ttl: float | None = None
+    wait: float = 0.0
+    labels: Labels = field(default=())

@@ -1,0 +1,411 @@
+"""Every transition of a guard, in one place.
+
+Each public function takes the guard's current document, its policy, a
+command and ``now``, and returns a :class:`Transition`: the new document, the
+outcome, and the slot changes in the order they happened. Every command first
+*settles* the guard, in the seed's order: leases that are due expire, waiters
+whose wait is over leave the queue, and freed slots go to the queue in arrival
+order. A transition that raises changed nothing.
+
+Invariants (property-tested): never more holders than capacity; fencing
+tokens strictly increase per guard; a queue only exists while the guard is
+full; a DUPLICATE only inside the dedup window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from runguard.server.core.model import (
+    Accepted,
+    BeginCommand,
+    Change,
+    ChangeKind,
+    EndResult,
+    GuardDoc,
+    GuardPolicy,
+    GuardView,
+    Holder,
+    Rejection,
+    RejectionReason,
+    ReleaseReason,
+    Run,
+    Tombstone,
+    Waiter,
+)
+from runguard.server.errors import LeaseLost, LeaseMismatch, OperationConflict
+
+__all__ = [
+    "Granted",
+    "Queued",
+    "Transition",
+    "begin",
+    "cancel_wait",
+    "end",
+    "keep_alive",
+    "next_deadline",
+    "settle",
+    "view",
+]
+
+TOMBSTONES_KEPT = 64
+"""How many ended runs a guard remembers to explain a lost lease."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """The caller holds a slot. ``replayed`` when a retried Begin got its own grant back."""
+
+    run: Run
+    lease_token: str
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """The caller waits in the guard's queue until granted or its deadline."""
+
+    operation_id: str
+    lease_token: str
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transition(Generic[T]):
+    """The result of a command: commit ``doc`` only when ``dirty``."""
+
+    doc: GuardDoc
+    outcome: T
+    changes: tuple[Change, ...]
+    dirty: bool
+
+
+class _Work:
+    """A guard document being changed by one command."""
+
+    def __init__(self, doc: GuardDoc, policy: GuardPolicy) -> None:
+        self.doc = doc
+        self.policy = policy
+        self.holders = list(doc.holders)
+        self.queue = list(doc.queue)
+        self.accepted = list(doc.accepted)
+        self.tombstones = list(doc.tombstones)
+        self.next_fencing = doc.next_fencing
+        self.changes: list[Change] = []
+        self.dirty = False
+
+    def view(self) -> GuardView:
+        return GuardView(
+            guard=self.doc.name,
+            capacity=self.policy.capacity,
+            holders=tuple(h.run for h in self.holders),
+            queue_length=len(self.queue),
+        )
+
+    def holder(self, operation_id: str) -> Holder | None:
+        return next((h for h in self.holders if h.run.operation_id == operation_id), None)
+
+    def waiter(self, operation_id: str) -> Waiter | None:
+        return next((w for w in self.queue if w.operation_id == operation_id), None)
+
+    def grant(
+        self,
+        *,
+        operation_id: str,
+        fingerprint: str,
+        lease_token: str,
+        ttl: float,
+        labels: tuple[tuple[str, str], ...],
+        now: float,
+    ) -> Holder:
+        run = Run(
+            guard=self.doc.name,
+            operation_id=operation_id,
+            fingerprint=fingerprint,
+            fencing_token=self.next_fencing,
+            started_at=now,
+            expires_at=now + ttl,
+            labels=labels,
+        )
+        self.next_fencing += 1
+        holder = Holder(run=run, lease_token=lease_token, ttl=ttl)
+        self.holders.append(holder)
+        self.accepted = [a for a in self.accepted if a.run.fingerprint != fingerprint]
+        self.accepted.append(Accepted(run=run, accepted_at=now))
+        self.dirty = True
+        self.changes.append(Change(kind=ChangeKind.ACQUIRED, run=run, state=self.view()))
+        return holder
+
+    def release(self, holder: Holder, reason: ReleaseReason, now: float) -> None:
+        self.holders.remove(holder)
+        self.tombstones.append(
+            Tombstone(operation_id=holder.run.operation_id, reason=reason, at=now)
+        )
+        del self.tombstones[:-TOMBSTONES_KEPT]
+        self.dirty = True
+        self.changes.append(
+            Change(kind=ChangeKind.RELEASED, run=holder.run, state=self.view(), reason=reason)
+        )
+
+    def settle(self, now: float) -> None:
+        """Expire due leases, drop waiters whose wait is over, promote the queue."""
+        for holder in [h for h in self.holders if h.run.expires_at <= now]:
+            self.release(holder, ReleaseReason.EXPIRED, now)
+        live = [w for w in self.queue if w.deadline > now]
+        if len(live) != len(self.queue):
+            self.queue = live
+            self.dirty = True
+        self.promote(now)
+
+    def promote(self, now: float) -> None:
+        while self.queue and len(self.holders) < self.policy.capacity:
+            waiter = self.queue.pop(0)
+            self.grant(
+                operation_id=waiter.operation_id,
+                fingerprint=waiter.fingerprint,
+                lease_token=waiter.lease_token,
+                ttl=waiter.ttl,
+                labels=waiter.labels,
+                now=now,
+            )
+
+    def recent(self, fingerprint: str, now: float) -> Accepted | None:
+        cutoff = now - self.policy.dedup_window
+        return next(
+            (
+                a
+                for a in self.accepted
+                if a.run.fingerprint == fingerprint and a.accepted_at > cutoff
+            ),
+            None,
+        )
+
+    def finish(self, outcome: T, now: float) -> Transition[T]:
+        if not self.dirty:
+            return Transition(doc=self.doc, outcome=outcome, changes=(), dirty=False)
+        # Dedup entries are only dropped when the document is written anyway:
+        # lookups ignore stale ones, so a rejection never costs a write.
+        cutoff = now - self.policy.dedup_window
+        doc = dataclasses.replace(
+            self.doc,
+            holders=tuple(self.holders),
+            queue=tuple(self.queue),
+            accepted=tuple(a for a in self.accepted if a.accepted_at > cutoff),
+            tombstones=tuple(self.tombstones),
+            next_fencing=self.next_fencing,
+        )
+        return Transition(doc=doc, outcome=outcome, changes=tuple(self.changes), dirty=True)
+
+
+def view(doc: GuardDoc, policy: GuardPolicy) -> GuardView:
+    """The guard as watchers see it (call after :func:`settle` for an up-to-date view)."""
+    return _Work(doc, policy).view()
+
+
+def settle(doc: GuardDoc, policy: GuardPolicy, now: float) -> Transition[None]:
+    """Expire due leases, drop waiters past their deadline, hand freed slots to the queue."""
+    work = _Work(doc, policy)
+    work.settle(now)
+    return work.finish(None, now)
+
+
+def begin(
+    doc: GuardDoc, policy: GuardPolicy, cmd: BeginCommand, now: float
+) -> Transition[Granted | Queued | Rejection]:
+    """Ask for a slot: the seed's order of checks, then the queue.
+
+    Raises:
+        OperationConflict: ``cmd.operation_id`` names a live or queued run of
+            this guard with another fingerprint.
+    """
+    work = _Work(doc, policy)
+    work.settle(now)
+    held = work.holder(cmd.operation_id)
+    if held is not None:
+        if held.run.fingerprint != cmd.fingerprint:
+            raise OperationConflict(doc.name, cmd.operation_id)
+        return work.finish(Granted(held.run, held.lease_token, replayed=True), now)
+    queued = work.waiter(cmd.operation_id)
+    if queued is not None:
+        if queued.fingerprint != cmd.fingerprint:
+            raise OperationConflict(doc.name, cmd.operation_id)
+        return work.finish(Queued(queued.operation_id, queued.lease_token, queued.deadline), now)
+
+    holders = tuple(h.run for h in work.holders)
+    full = len(work.holders) >= policy.capacity
+    if full and cmd.wait <= 0:
+        soonest = min(h.run.expires_at for h in work.holders)
+        names = ", ".join(h.operation_id for h in holders)
+        return work.finish(
+            Rejection(
+                reason=RejectionReason.IN_FLIGHT,
+                message=(
+                    f"guard {doc.name!r} is at capacity {policy.capacity}: held by "
+                    f"operation_id={names}. End it first or wait for it to finish."
+                ),
+                holders=holders,
+                retry_after=max(0.0, soonest - now),
+            ),
+            now,
+        )
+    earlier = work.recent(cmd.fingerprint, now)
+    if earlier is not None:
+        age = now - earlier.accepted_at
+        return work.finish(
+            Rejection(
+                reason=RejectionReason.DUPLICATE,
+                message=(
+                    "duplicate request: an identical submission was accepted "
+                    f"{age:.1f}s ago (operation_id={earlier.run.operation_id}). Wait "
+                    "and try again if this was intentional."
+                ),
+                holders=holders,
+                duplicate_of=earlier.run,
+                retry_after=max(0.0, earlier.accepted_at + policy.dedup_window - now),
+            ),
+            now,
+        )
+    twin = next((w for w in work.queue if w.fingerprint == cmd.fingerprint), None)
+    if twin is not None:
+        return work.finish(
+            Rejection(
+                reason=RejectionReason.DUPLICATE,
+                message=(
+                    "duplicate request: an identical submission is already queued "
+                    f"(operation_id={twin.operation_id})."
+                ),
+                holders=holders,
+            ),
+            now,
+        )
+    ttl = policy.max_ttl if cmd.ttl is None else cmd.ttl
+    if full:
+        if len(work.queue) >= policy.max_queue:
+            return work.finish(
+                Rejection(
+                    reason=RejectionReason.QUEUE_FULL,
+                    message=(
+                        f"guard {doc.name!r} has {len(work.queue)} callers queued, "
+                        f"its limit is {policy.max_queue}"
+                    ),
+                    holders=holders,
+                ),
+                now,
+            )
+        waiter = Waiter(
+            operation_id=cmd.operation_id,
+            fingerprint=cmd.fingerprint,
+            lease_token=cmd.lease_token,
+            ttl=ttl,
+            labels=cmd.labels,
+            enqueued_at=now,
+            deadline=now + cmd.wait,
+        )
+        work.queue.append(waiter)
+        work.dirty = True
+        return work.finish(Queued(waiter.operation_id, waiter.lease_token, waiter.deadline), now)
+    holder = work.grant(
+        operation_id=cmd.operation_id,
+        fingerprint=cmd.fingerprint,
+        lease_token=cmd.lease_token,
+        ttl=ttl,
+        labels=cmd.labels,
+        now=now,
+    )
+    return work.finish(Granted(holder.run, holder.lease_token), now)
+
+
+def cancel_wait(
+    doc: GuardDoc, policy: GuardPolicy, operation_id: str, lease_token: str, now: float
+) -> Transition[Granted | Rejection]:
+    """Leave the queue when a wait is over; the grant if the slot came first."""
+    work = _Work(doc, policy)
+    work.settle(now)
+    held = work.holder(operation_id)
+    if held is not None and held.lease_token == lease_token:
+        return work.finish(Granted(held.run, held.lease_token), now)
+    waiter = work.waiter(operation_id)
+    if waiter is not None and waiter.lease_token == lease_token:
+        work.queue.remove(waiter)
+        work.dirty = True
+    return work.finish(
+        Rejection(
+            reason=RejectionReason.WAIT_TIMEOUT,
+            message=f"no slot of guard {doc.name!r} freed while waiting",
+            holders=tuple(h.run for h in work.holders),
+        ),
+        now,
+    )
+
+
+def end(
+    doc: GuardDoc,
+    policy: GuardPolicy,
+    operation_id: str,
+    lease_token: str,
+    now: float,
+    *,
+    force: bool = False,
+) -> Transition[EndResult]:
+    """Give a slot back (idempotent); the freed slot goes to the queue at once.
+
+    Raises:
+        LeaseMismatch: the run is live and ``lease_token`` is not its token
+            (and ``force`` is not set).
+    """
+    work = _Work(doc, policy)
+    work.settle(now)
+    held = work.holder(operation_id)
+    if held is None:
+        return work.finish(EndResult.ALREADY_ENDED, now)
+    if not force and held.lease_token != lease_token:
+        raise LeaseMismatch(doc.name, operation_id)
+    work.release(held, ReleaseReason.FORCED if force else ReleaseReason.ENDED, now)
+    work.promote(now)
+    return work.finish(EndResult.ENDED, now)
+
+
+def keep_alive(
+    doc: GuardDoc,
+    policy: GuardPolicy,
+    operation_id: str,
+    lease_token: str,
+    now: float,
+    *,
+    ttl: float | None = None,
+) -> Transition[Run]:
+    """Extend a lease to ``now + ttl`` (the run's own lease length when None).
+
+    Raises:
+        LeaseLost: the run holds no slot; the message says why when known.
+        LeaseMismatch: the lease token is not the run's.
+    """
+    work = _Work(doc, policy)
+    work.settle(now)
+    held = work.holder(operation_id)
+    if held is None:
+        stone = next((t for t in reversed(work.tombstones) if t.operation_id == operation_id), None)
+        reason = (
+            f"{stone.reason.value} {now - stone.at:.1f}s ago"
+            if stone is not None
+            else "no such run (ended, expired long ago, or never granted)"
+        )
+        raise LeaseLost(doc.name, operation_id, reason)
+    if held.lease_token != lease_token:
+        raise LeaseMismatch(doc.name, operation_id)
+    new_ttl = held.ttl if ttl is None else ttl
+    run = dataclasses.replace(held.run, expires_at=now + new_ttl)
+    index = work.holders.index(held)
+    work.holders[index] = Holder(run=run, lease_token=held.lease_token, ttl=new_ttl)
+    work.dirty = True
+    return work.finish(run, now)
+
+
+def next_deadline(doc: GuardDoc) -> float | None:
+    """When the guard next needs settling on its own: a lease or a wait running out."""
+    times = [h.run.expires_at for h in doc.holders] + [w.deadline for w in doc.queue]
+    return min(times, default=None)
