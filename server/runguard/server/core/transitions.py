@@ -154,7 +154,8 @@ class _Work:
     def settle(self, now: float) -> None:
         """Expire due leases, drop waiters whose wait is over, promote the queue."""
         for holder in [h for h in self.holders if h.run.expires_at <= now]:
-            self.release(holder, ReleaseReason.EXPIRED, now)
+            # A lease ran out at its expires_at, however late it is noticed.
+            self.release(holder, ReleaseReason.EXPIRED, holder.run.expires_at)
         live = [w for w in self.queue if w.deadline > now]
         if len(live) != len(self.queue):
             self.queue = live

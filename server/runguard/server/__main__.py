@@ -1,0 +1,7 @@
+"""``python -m runguard.server``: the same as the ``runguard`` command."""
+
+import sys
+
+from runguard.server.cli import main
+
+sys.exit(main())

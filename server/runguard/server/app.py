@@ -1,0 +1,132 @@
+"""The server process: grpc.aio server, health, reflection, logs, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import grpc
+import structlog
+from google.rpc import error_details_pb2  # noqa: F401  # its types in the pool let grpcurl print details
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha._async import ReflectionServicer
+from runguard.server.config import ServerConfig
+from runguard.server.coordinator import Coordinator
+from runguard.server.servicer import RunGuardServicer
+from runguard.server.stores import MemoryStore, Store, open_store
+from runguard.v1 import runguard_pb2, runguard_pb2_grpc
+
+__all__ = ["RunGuardServer", "configure_logging"]
+
+SERVICE_NAME = runguard_pb2.DESCRIPTOR.services_by_name["RunGuardService"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+log = structlog.get_logger("runguard")
+
+
+def configure_logging(level: str = "info") -> None:
+    """One JSON object per line on stderr."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _add_reflection(server: grpc.aio.Server, names: list[str]) -> None:
+    reflection.enable_server_reflection(names, server)
+    # grpcio-reflection serves only v1alpha; v1 is wire-identical, so the same
+    # servicer answers newer clients that ask for v1 first.
+    servicer = ReflectionServicer(names)
+    handlers = {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, handlers),)
+    )
+
+
+class RunGuardServer:
+    """A RunGuard server: ``await start()`` returns the bound port, ``await stop()`` drains."""
+
+    def __init__(self, config: ServerConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = (
+            store if store is not None else open_store(config.store_url, history=config.history)
+        )
+        self.coordinator = Coordinator(config, self.store)
+        self.health = HealthServicer()
+        self.port = 0
+        self._server = grpc.aio.server(options=config.grpc_options())
+        runguard_pb2_grpc.add_RunGuardServiceServicer_to_server(  # type: ignore[no-untyped-call]  # generated code is untyped
+            RunGuardServicer(self.coordinator), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        _add_reflection(
+            self._server,
+            [
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+        )
+
+    async def start(self) -> int:
+        """Bind, start serving, and mark healthy; returns the port.
+
+        Raises:
+            RuntimeError: the address could not be bound.
+        """
+        try:
+            self.port = self._server.add_insecure_port(self.config.listen)
+        except RuntimeError as error:
+            raise RuntimeError(f"cannot listen on {self.config.listen}: {error}") from error
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {self.config.listen}")
+        await self.coordinator.start()
+        await self._server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            listen=self.config.listen,
+            port=self.port,
+            store=self.config.store_url,
+            epoch=self.store.epoch,
+        )
+        if isinstance(self.store, MemoryStore):
+            log.warning(
+                "memory_store",
+                detail="state is lost on restart; fencing tokens of new guards are seeded "
+                "from the clock (microseconds) so they stay above the last process's",
+            )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, watchers told UNAVAILABLE, calls get ``grace`` seconds."""
+        log.info("draining", grace=self.config.shutdown_grace if grace is None else grace)
+        await self.health.enter_graceful_shutdown()
+        self.coordinator.hub.close()
+        await self._server.stop(self.config.shutdown_grace if grace is None else grace)
+        await self.coordinator.stop()
+        await self.store.close()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        """Until the server stops."""
+        await self._server.wait_for_termination()

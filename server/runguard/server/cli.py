@@ -1,0 +1,121 @@
+"""``runguard``: the command line. The only module that reads the environment.
+
+Environment (flags win): ``RUN_DEDUP_WINDOW_SECS`` (5) and ``RUN_MAX_SECS``
+(1800) keep the seed's meaning; ``RUNGUARD_LISTEN`` and ``RUNGUARD_STORE``
+give the listen address and store URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+
+from runguard.server.app import RunGuardServer, configure_logging
+from runguard.server.config import ServerConfig
+
+__all__ = ["build_config", "main"]
+
+
+def _capacity(text: str) -> tuple[str, int]:
+    guard, sep, number = text.partition("=")
+    if not sep or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"expected GUARD=CAPACITY, got {text!r}")
+    return guard, int(number)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runguard", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    serve = verbs.add_parser("serve", help="run the RunGuard server")
+    serve.add_argument("--listen", help="host:port (default 127.0.0.1:50051; port 0 picks one)")
+    serve.add_argument("--store", help="store URL (default memory://)")
+    serve.add_argument(
+        "--guard",
+        action="append",
+        type=_capacity,
+        default=[],
+        metavar="NAME=CAPACITY",
+        help="capacity of a guard (repeatable); others get --default-capacity",
+    )
+    serve.add_argument("--default-capacity", type=int, help="capacity of other guards (1)")
+    serve.add_argument("--dedup-window", type=float, help="seconds (RUN_DEDUP_WINDOW_SECS, 5)")
+    serve.add_argument("--max-ttl", type=float, help="longest, default lease (RUN_MAX_SECS, 1800)")
+    serve.add_argument("--max-wait", type=float, help="longest a Begin may queue, seconds (3600)")
+    serve.add_argument("--max-queue", type=int, help="callers that may queue per guard (1000)")
+    serve.add_argument("--progress-interval", type=float, help="Watch heartbeat, seconds (10)")
+    serve.add_argument("--shutdown-grace", type=float, help="seconds calls get on stop (5)")
+    serve.add_argument(
+        "--max-connection-age", type=float, help="close connections after this many seconds"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    return parser
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConfig:
+    """The server's configuration from parsed flags, then the environment, then defaults."""
+    values: dict[str, object] = {}
+
+    def pick(name: str, flag: object, variable: str | None = None, kind: type = float) -> None:
+        if flag is not None:
+            values[name] = flag
+        elif variable is not None and env.get(variable):
+            try:
+                values[name] = kind(env[variable])
+            except ValueError:
+                raise ValueError(f"{variable}={env[variable]!r} is not a number") from None
+
+    pick("listen", args.listen, "RUNGUARD_LISTEN", str)
+    pick("store_url", args.store, "RUNGUARD_STORE", str)
+    pick("default_capacity", args.default_capacity)
+    pick("dedup_window", args.dedup_window, "RUN_DEDUP_WINDOW_SECS")
+    pick("max_ttl", args.max_ttl, "RUN_MAX_SECS")
+    pick("max_wait", args.max_wait)
+    pick("max_queue", args.max_queue)
+    pick("progress_interval", args.progress_interval)
+    pick("shutdown_grace", args.shutdown_grace)
+    pick("max_connection_age", args.max_connection_age)
+    values["capacities"] = dict(args.guard)
+    return ServerConfig(**values)  # type: ignore[arg-type]  # keys are ServerConfig's fields
+
+
+async def _serve(config: ServerConfig) -> None:
+    server = RunGuardServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if stopping:  # a second signal: stop waiting for the drain
+            os._exit(1)
+        stopping.append(loop.create_task(server.stop()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+    await server.wait()
+    if stopping:
+        await stopping[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a ``runguard`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        config = build_config(args, os.environ)
+    except ValueError as error:
+        print(f"runguard: {error}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(_serve(config))
+    except RuntimeError as error:
+        print(f"runguard: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The server's configuration: frozen, validated, built only at the edge (the CLI).
+
+Nothing here reads the environment; ``runguard.server.cli`` does, once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from runguard.server.core import GuardPolicy
+
+__all__ = ["DEFAULT_GUARD", "GUARD_PATTERN", "ServerConfig"]
+
+DEFAULT_GUARD = "default"
+"""The guard an empty guard name means."""
+
+GUARD_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+"""What a guard name may be: 1 to 128 characters of letters, digits and ``._:/-``."""
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything ``runguard serve`` can be told.
+
+    Attributes:
+        listen: host:port to serve on; port 0 picks a free port.
+        store_url: where guards live (``memory://``).
+        default_capacity: slots of a guard not named in ``capacities``.
+        capacities: slots per named guard.
+        dedup_window: seconds a submission is remembered after its run starts
+            (the seed's ``RUN_DEDUP_WINDOW_SECS``).
+        max_ttl: the longest lease and the default one (the seed's ``RUN_MAX_SECS``).
+        max_wait: the longest a Begin may queue for a slot.
+        max_queue: callers that may queue per guard.
+        history: changes kept for resuming watchers.
+        watch_buffer: changes buffered per watcher before it is resynced.
+        progress_interval: seconds between Progress heartbeats on a quiet stream.
+        shutdown_grace: seconds in-flight calls get when the server stops.
+        keepalive_time: seconds between the server's pings on an idle connection.
+        keepalive_timeout: seconds a ping may go unanswered before the
+            connection (and its streams) is dropped.
+        min_client_ping_interval: the shortest interval between client pings
+            the server accepts.
+        max_connection_age: seconds after which a connection is closed
+            (its streams end UNAVAILABLE and clients reconnect); None: never.
+        max_connection_age_grace: seconds calls get to finish after that.
+        max_concurrent_streams: streams per connection; None: grpc's default.
+        max_pending_requests: calls accepted but not yet handled.
+    """
+
+    listen: str = "127.0.0.1:50051"
+    store_url: str = "memory://"
+    default_capacity: int = 1
+    capacities: Mapping[str, int] = field(default_factory=dict)
+    dedup_window: float = 5.0
+    max_ttl: float = 1800.0
+    max_wait: float = 3600.0
+    max_queue: int = 1000
+    history: int = 10_000
+    watch_buffer: int = 1000
+    progress_interval: float = 10.0
+    shutdown_grace: float = 5.0
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
+    min_client_ping_interval: float = 10.0
+    max_connection_age: float | None = None
+    max_connection_age_grace: float = 30.0
+    max_concurrent_streams: int | None = None
+    max_pending_requests: int = 20_000
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"listen must be host:port, got {self.listen!r}")
+        if self.default_capacity < 1:
+            raise ValueError(f"default_capacity must be at least 1, got {self.default_capacity}")
+        for guard, capacity in self.capacities.items():
+            if not GUARD_PATTERN.fullmatch(guard):
+                raise ValueError(f"capacities: {guard!r} is not a valid guard name")
+            if capacity < 1:
+                raise ValueError(f"capacities: {guard} must be at least 1, got {capacity}")
+        object.__setattr__(self, "capacities", MappingProxyType(dict(self.capacities)))
+        if self.dedup_window < 0:
+            raise ValueError(f"dedup_window must not be negative, got {self.dedup_window!r}")
+        for name in (
+            "max_ttl",
+            "max_wait",
+            "progress_interval",
+            "keepalive_time",
+            "keepalive_timeout",
+            "min_client_ping_interval",
+        ):
+            _positive(name, getattr(self, name))
+        if self.shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace!r}")
+        if self.max_connection_age is not None:
+            _positive("max_connection_age", self.max_connection_age)
+        for name in ("history", "watch_buffer", "max_pending_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
+        if self.max_concurrent_streams is not None and self.max_concurrent_streams < 1:
+            raise ValueError(
+                f"max_concurrent_streams must be at least 1, got {self.max_concurrent_streams}"
+            )
+
+    def policy(self, guard: str) -> GuardPolicy:
+        """The rules of one guard."""
+        return GuardPolicy(
+            capacity=self.capacities.get(guard, self.default_capacity),
+            dedup_window=self.dedup_window,
+            max_ttl=self.max_ttl,
+            max_queue=self.max_queue,
+        )
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The grpc server options these settings mean (see the README's table)."""
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                int(self.min_client_ping_interval * 1000),
+            ),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.server.max_pending_requests", self.max_pending_requests),
+        ]
+        if self.max_connection_age is not None:
+            options.append(("grpc.max_connection_age_ms", int(self.max_connection_age * 1000)))
+            options.append(
+                ("grpc.max_connection_age_grace_ms", int(self.max_connection_age_grace * 1000))
+            )
+        if self.max_concurrent_streams is not None:
+            options.append(("grpc.max_concurrent_streams", self.max_concurrent_streams))
+        return options

@@ -1,0 +1,126 @@
+"""Core values to protobuf messages, in one place. Lease tokens never pass here
+except into ``Granted``, the one message that carries them."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from runguard.server.core import (
+    ChangeKind,
+    EndResult,
+    Granted,
+    GuardView,
+    Rejection,
+    RejectionReason,
+    ReleaseReason,
+    Run,
+)
+from runguard.server.hub import Progress, Snapshot, WatchEvent
+from runguard.v1 import runguard_pb2 as pb
+
+__all__ = [
+    "begin_response",
+    "duration",
+    "end_response",
+    "run_message",
+    "state_message",
+    "timestamp",
+    "watch_response",
+]
+
+_REJECTION = {
+    RejectionReason.IN_FLIGHT: pb.REJECTION_REASON_IN_FLIGHT,
+    RejectionReason.DUPLICATE: pb.REJECTION_REASON_DUPLICATE,
+    RejectionReason.WAIT_TIMEOUT: pb.REJECTION_REASON_WAIT_TIMEOUT,
+    RejectionReason.QUEUE_FULL: pb.REJECTION_REASON_QUEUE_FULL,
+}
+_KIND = {ChangeKind.ACQUIRED: pb.CHANGE_KIND_ACQUIRED, ChangeKind.RELEASED: pb.CHANGE_KIND_RELEASED}
+_RELEASE = {
+    ReleaseReason.ENDED: pb.RELEASE_REASON_ENDED,
+    ReleaseReason.EXPIRED: pb.RELEASE_REASON_EXPIRED,
+    ReleaseReason.FORCED: pb.RELEASE_REASON_FORCED,
+}
+_END = {EndResult.ENDED: pb.END_RESULT_ENDED, EndResult.ALREADY_ENDED: pb.END_RESULT_ALREADY_ENDED}
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """Seconds since the epoch as a Timestamp (microsecond precision)."""
+    message = timestamp_pb2.Timestamp()
+    message.FromMicroseconds(round(seconds * 1e6))
+    return message
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """Seconds as a Duration (millisecond precision)."""
+    message = duration_pb2.Duration()
+    message.FromMilliseconds(round(seconds * 1e3))
+    return message
+
+
+def run_message(run: Run) -> pb.Run:
+    """A run as anybody may see it."""
+    return pb.Run(
+        guard=run.guard,
+        operation_id=run.operation_id,
+        fingerprint=run.fingerprint,
+        fencing_token=run.fencing_token,
+        started_at=timestamp(run.started_at),
+        expires_at=timestamp(run.expires_at),
+        labels=dict(run.labels),
+    )
+
+
+def state_message(view: GuardView) -> pb.GuardState:
+    """A guard's state."""
+    return pb.GuardState(
+        guard=view.guard,
+        capacity=view.capacity,
+        holders=[run_message(run) for run in view.holders],
+        queue_length=view.queue_length,
+    )
+
+
+def begin_response(outcome: Granted | Rejection) -> pb.BeginResponse:
+    """Begin's typed outcome."""
+    if isinstance(outcome, Granted):
+        return pb.BeginResponse(
+            granted=pb.Granted(run=run_message(outcome.run), lease_token=outcome.lease_token)
+        )
+    rejected = pb.Rejection(
+        reason=_REJECTION[outcome.reason],
+        message=outcome.message,
+        holders=[run_message(run) for run in outcome.holders],
+    )
+    if outcome.duplicate_of is not None:
+        rejected.duplicate_of.CopyFrom(run_message(outcome.duplicate_of))
+    if outcome.retry_after is not None:
+        rejected.retry_after.CopyFrom(duration(outcome.retry_after))
+    return pb.BeginResponse(rejected=rejected)
+
+
+def end_response(result: EndResult) -> pb.EndResponse:
+    """End's result."""
+    return pb.EndResponse(result=_END[result])
+
+
+def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
+    """One message of a Watch stream."""
+    if isinstance(event, Snapshot):
+        return pb.WatchResponse(
+            epoch=epoch,
+            snapshot=pb.Snapshot(
+                revision=event.revision,
+                guards=[state_message(view) for view in event.guards],
+                resynced=event.resynced,
+            ),
+        )
+    if isinstance(event, Progress):
+        return pb.WatchResponse(epoch=epoch, progress=pb.Progress(revision=event.revision))
+    change = pb.Change(
+        revision=event.revision,
+        kind=_KIND[event.kind],
+        run=run_message(event.run),
+        state=state_message(event.state),
+    )
+    if event.reason is not None:
+        change.release_reason = _RELEASE[event.reason]
+    return pb.WatchResponse(epoch=epoch, change=change)

@@ -1,0 +1,331 @@
+"""Runs the core's transitions against a store, on time.
+
+Owns the compare-and-swap loop (read guard at v, let the core decide, swap at
+v, retry on conflict), Begins that wait in a queue, the timer that expires
+leases when they are due (not only on the next Begin), the feed task that
+hands every commit to the watch hub, and the log line of each outcome. It
+speaks core types only: no protobuf, no grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+import structlog
+from runguard.server import core
+from runguard.server.config import ServerConfig
+from runguard.server.core import (
+    BeginCommand,
+    ChangeKind,
+    EndResult,
+    GuardDoc,
+    GuardView,
+    Holder,
+    Labels,
+    Rejection,
+    ReleaseReason,
+    Run,
+    Transition,
+)
+from runguard.server.errors import RunGuardError, StoreUnavailable, VersionConflict
+from runguard.server.hub import Hub
+from runguard.server.stores import Commit, Store
+
+__all__ = ["Coordinator"]
+
+T = TypeVar("T")
+
+CAS_ATTEMPTS = 64
+"""Compare-and-swap attempts before a command gives up as UNAVAILABLE."""
+
+EXPIRY_RETRY = 1.0
+"""Seconds before a failed expiry is tried again."""
+
+log = structlog.get_logger("runguard")
+
+
+def _new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Coordinator:
+    """The service's behaviour over one store, for any number of concurrent calls."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_token: Callable[[], str] = _new_token,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.hub = Hub(config, store)
+        self._clock = clock
+        self._new_token = new_token
+        self._acquired: dict[tuple[str, str], list[asyncio.Future[Holder]]] = {}
+        self._deadlines: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Follow the store's feed and expire leases on time."""
+        feed = self.store.subscribe()
+        _, docs = await self.store.snapshot(None)
+        for doc in docs:
+            self._track(doc)
+        self._tasks = [
+            asyncio.create_task(self._follow(feed), name="runguard-feed"),
+            asyncio.create_task(self._expire_loop(), name="runguard-expiry"),
+        ]
+
+    async def stop(self) -> None:
+        """End every Watch stream and stop the background tasks."""
+        self.hub.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    # -- commands ----------------------------------------------------------
+
+    async def _apply(
+        self, guard: str, step: Callable[[GuardDoc, float], Transition[T]]
+    ) -> tuple[Transition[T], Commit | None]:
+        for _ in range(CAS_ATTEMPTS):
+            current = await self.store.read(guard)
+            transition = step(current.doc, self._clock())
+            if not transition.dirty:
+                return transition, None
+            try:
+                commit = await self.store.commit(
+                    guard, current.version, transition.doc, transition.changes
+                )
+            except VersionConflict:
+                continue
+            for change in commit.changes:
+                if change.reason is ReleaseReason.EXPIRED:
+                    log.info(
+                        "expired",
+                        guard=guard,
+                        operation_id=change.run.operation_id,
+                        fencing_token=change.run.fencing_token,
+                        revision=change.revision,
+                    )
+            return transition, commit
+        raise StoreUnavailable(f"guard {guard!r} is too contended; try again")
+
+    async def begin(
+        self,
+        guard: str,
+        *,
+        operation_id: str,
+        fingerprint: str,
+        ttl: float | None,
+        wait: float,
+        labels: Labels,
+    ) -> core.Granted | Rejection:
+        """Ask for a slot; with ``wait`` > 0, queue until granted or the wait is over."""
+        policy = self.config.policy(guard)
+        command = BeginCommand(
+            operation_id=operation_id,
+            fingerprint=fingerprint,
+            lease_token=self._new_token(),
+            ttl=ttl,
+            wait=wait,
+            labels=labels,
+        )
+        key = (guard, operation_id)
+        arrival = self._watch_acquired(key)
+        try:
+            transition, _ = await self._apply(
+                guard, lambda doc, now: core.begin(doc, policy, command, now)
+            )
+            outcome = transition.outcome
+            if isinstance(outcome, core.Queued):
+                outcome = await self._wait(guard, outcome, arrival)
+        finally:
+            self._unwatch_acquired(key, arrival)
+        if isinstance(outcome, core.Granted):
+            log.info(
+                "begin",
+                guard=guard,
+                operation_id=operation_id,
+                outcome="granted",
+                fencing_token=outcome.run.fencing_token,
+                replayed=outcome.replayed,
+            )
+        else:
+            log.info(
+                "begin",
+                guard=guard,
+                operation_id=operation_id,
+                outcome="rejected",
+                reason=outcome.reason.value,
+                holders=[run.operation_id for run in outcome.holders],
+            )
+        return outcome
+
+    async def _wait(
+        self, guard: str, queued: core.Queued, arrival: asyncio.Future[Holder]
+    ) -> core.Granted | Rejection:
+        policy = self.config.policy(guard)
+        key = (guard, queued.operation_id)
+        try:
+            while (remaining := queued.deadline - self._clock()) > 0:
+                done, _ = await asyncio.wait({arrival}, timeout=remaining)
+                if not done:
+                    break
+                holder = arrival.result()
+                if holder.lease_token == queued.lease_token:
+                    return core.Granted(holder.run, holder.lease_token)
+                self._unwatch_acquired(key, arrival)
+                arrival = self._watch_acquired(key)
+            transition, _ = await self._apply(
+                guard,
+                lambda doc, now: core.cancel_wait(
+                    doc, policy, queued.operation_id, queued.lease_token, now
+                ),
+            )
+            return transition.outcome
+        except asyncio.CancelledError:
+            # The caller went away: leave the queue, and give back a slot that
+            # came too late for anybody to learn its lease token.
+            cleanup = asyncio.create_task(self._abandon(guard, queued))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(cleanup)
+            raise
+        finally:
+            self._unwatch_acquired(key, arrival)
+
+    async def _abandon(self, guard: str, queued: core.Queued) -> None:
+        policy = self.config.policy(guard)
+        try:
+            transition, _ = await self._apply(
+                guard,
+                lambda doc, now: core.cancel_wait(
+                    doc, policy, queued.operation_id, queued.lease_token, now
+                ),
+            )
+            if isinstance(transition.outcome, core.Granted):
+                await self.end(guard, queued.operation_id, queued.lease_token)
+        except RunGuardError as error:
+            log.warning(
+                "abandon_failed", guard=guard, operation_id=queued.operation_id, error=str(error)
+            )
+
+    async def end(
+        self, guard: str, operation_id: str, lease_token: str, *, force: bool = False
+    ) -> EndResult:
+        """Give a slot back; idempotent."""
+        policy = self.config.policy(guard)
+        transition, _ = await self._apply(
+            guard,
+            lambda doc, now: core.end(doc, policy, operation_id, lease_token, now, force=force),
+        )
+        log.info(
+            "end",
+            guard=guard,
+            operation_id=operation_id,
+            result=transition.outcome.value,
+            force=force,
+        )
+        return transition.outcome
+
+    async def keep_alive(
+        self, guard: str, operation_id: str, lease_token: str, ttl: float | None
+    ) -> Run:
+        """Extend a lease."""
+        policy = self.config.policy(guard)
+        transition, _ = await self._apply(
+            guard,
+            lambda doc, now: core.keep_alive(doc, policy, operation_id, lease_token, now, ttl=ttl),
+        )
+        return transition.outcome
+
+    async def current(self, guard: str) -> tuple[GuardView, int]:
+        """The guard's state (settled first) and the revision it is as of."""
+        transition, commit = await self._settle(guard)
+        revision = commit.revision if commit is not None else self.store.revision
+        return core.view(transition.doc, self.config.policy(guard)), revision
+
+    async def _settle(self, guard: str) -> tuple[Transition[None], Commit | None]:
+        policy = self.config.policy(guard)
+        return await self._apply(guard, lambda doc, now: core.settle(doc, policy, now))
+
+    # -- waiting for a queued grant ----------------------------------------
+
+    def _watch_acquired(self, key: tuple[str, str]) -> asyncio.Future[Holder]:
+        future: asyncio.Future[Holder] = asyncio.get_running_loop().create_future()
+        self._acquired.setdefault(key, []).append(future)
+        return future
+
+    def _unwatch_acquired(self, key: tuple[str, str], future: asyncio.Future[Holder]) -> None:
+        futures = self._acquired.get(key)
+        if futures is not None and future in futures:
+            futures.remove(future)
+            if not futures:
+                del self._acquired[key]
+
+    # -- the feed and the expiry timer -------------------------------------
+
+    async def _follow(self, feed: AsyncIterator[Commit]) -> None:
+        async for commit in feed:
+            self._track(commit.doc)
+            for change in commit.changes:
+                if change.kind is not ChangeKind.ACQUIRED:
+                    continue
+                for future in self._acquired.get((commit.guard, change.run.operation_id), []):
+                    holder = next(
+                        h
+                        for h in commit.doc.holders
+                        if h.run.operation_id == change.run.operation_id
+                    )
+                    if not future.done():
+                        future.set_result(holder)
+            self.hub.publish(commit)
+
+    def _track(self, doc: GuardDoc) -> None:
+        deadline = core.next_deadline(doc)
+        if deadline is None:
+            self._deadlines.pop(doc.name, None)
+            return
+        if self._deadlines.get(doc.name) == deadline:
+            return
+        self._deadlines[doc.name] = deadline
+        heapq.heappush(self._heap, (deadline, doc.name))
+        if self._heap[0] == (deadline, doc.name):
+            self._wake.set()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            while self._heap and self._deadlines.get(self._heap[0][1]) != self._heap[0][0]:
+                heapq.heappop(self._heap)
+            self._wake.clear()
+            if not self._heap:
+                await self._wake.wait()
+                continue
+            deadline, guard = self._heap[0]
+            delay = deadline - self._clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            heapq.heappop(self._heap)
+            del self._deadlines[guard]
+            try:
+                await self._settle(guard)
+            except RunGuardError as error:
+                log.warning("expiry_failed", guard=guard, error=str(error))
+                self._deadlines[guard] = self._clock() + EXPIRY_RETRY
+                heapq.heappush(self._heap, (self._deadlines[guard], guard))

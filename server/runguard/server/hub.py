@@ -1,0 +1,146 @@
+"""The watch hub: fans committed changes out to every Watch stream.
+
+Each watcher has a bounded buffer. Publishing never waits: a watcher whose
+buffer is full is *coalesced* (its buffer dropped and the next thing it sends
+is a fresh Snapshot marked ``resynced``), so a slow reader can neither block
+Begin/End nor grow memory, and never silently misses a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+
+from runguard.server import core
+from runguard.server.config import ServerConfig
+from runguard.server.core import Change, GuardDoc, GuardView
+from runguard.server.errors import ShuttingDown
+from runguard.server.stores import Commit, Store
+
+__all__ = ["Hub", "Progress", "Snapshot", "WatchEvent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The watched guards as of ``revision``; ``resynced`` when it replaces lost changes."""
+
+    revision: int
+    guards: tuple[GuardView, ...]
+    resynced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Nothing changed in the watched guards up to ``revision``."""
+
+    revision: int
+
+
+WatchEvent = Snapshot | Change | Progress
+
+
+class _Watcher:
+    def __init__(self, guards: frozenset[str] | None, limit: int) -> None:
+        self.guards = guards
+        self.limit = limit
+        self.buffer: deque[Change] = deque()
+        self.wake = asyncio.Event()
+        self.overflowed = False
+
+    def push(self, changes: Sequence[Change]) -> None:
+        wanted = [c for c in changes if self.guards is None or c.run.guard in self.guards]
+        if not wanted:
+            return
+        if len(self.buffer) + len(wanted) > self.limit:
+            self.buffer.clear()
+            self.overflowed = True
+        else:
+            self.buffer.extend(wanted)
+        self.wake.set()
+
+
+class Hub:
+    """Every open Watch stream, and the last revision handed to them."""
+
+    def __init__(self, config: ServerConfig, store: Store) -> None:
+        self._config = config
+        self._store = store
+        self._watchers: set[_Watcher] = set()
+        self._published = 0
+        self._closed = False
+
+    @property
+    def watchers(self) -> int:
+        """How many Watch streams are open."""
+        return len(self._watchers)
+
+    def publish(self, commit: Commit) -> None:
+        """Hand a commit's changes to every watcher of its guard; never waits."""
+        self._published = max(self._published, commit.revision)
+        if commit.changes:
+            for watcher in self._watchers:
+                watcher.push(commit.changes)
+
+    def close(self) -> None:
+        """End every stream with ShuttingDown; refuse new ones."""
+        self._closed = True
+        for watcher in self._watchers:
+            watcher.wake.set()
+
+    def _view(self, doc: GuardDoc) -> GuardView:
+        return core.view(doc, self._config.policy(doc.name))
+
+    async def _snapshot(self, guards: Sequence[str] | None, *, resynced: bool) -> Snapshot:
+        revision, docs = await self._store.snapshot(guards)
+        return Snapshot(revision, tuple(self._view(d) for d in docs), resynced)
+
+    async def stream(
+        self, guards: Sequence[str] | None, after_revision: int = 0, epoch: str = ""
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Subscribe, then a Snapshot (or the missed changes), then changes and heartbeats.
+
+        Raises:
+            ShuttingDown: the hub was closed; the caller should reconnect.
+        """
+        if self._closed:
+            raise ShuttingDown("server shutting down; reconnect")
+        watcher = _Watcher(frozenset(guards) if guards else None, self._config.watch_buffer)
+        self._watchers.add(watcher)
+        try:
+            missed = None
+            if after_revision > 0 and epoch == self._store.epoch:
+                missed = await self._store.changes_since(after_revision)
+            if missed is None:
+                snapshot = await self._snapshot(guards, resynced=after_revision > 0)
+                base = snapshot.revision
+                yield snapshot
+            else:
+                base = after_revision
+                for change in missed:
+                    if watcher.guards is None or change.run.guard in watcher.guards:
+                        yield change
+                    base = max(base, change.revision)
+            while True:
+                if not watcher.buffer and not watcher.overflowed and not self._closed:
+                    watcher.wake.clear()
+                    try:
+                        await asyncio.wait_for(watcher.wake.wait(), self._config.progress_interval)
+                    except TimeoutError:
+                        yield Progress(max(base, self._published))
+                        continue
+                if self._closed:
+                    raise ShuttingDown("server shutting down; reconnect")
+                if watcher.overflowed:
+                    watcher.overflowed = False
+                    watcher.buffer.clear()
+                    snapshot = await self._snapshot(guards, resynced=True)
+                    base = snapshot.revision
+                    yield snapshot
+                    continue
+                change = watcher.buffer.popleft()
+                if change.revision > base:
+                    yield change
+        finally:
+            self._watchers.discard(watcher)

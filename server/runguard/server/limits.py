@@ -1,0 +1,55 @@
+"""The documented limits of every request field (the README's table lists them)."""
+
+from __future__ import annotations
+
+import re
+
+from runguard.server.config import GUARD_PATTERN
+
+__all__ = [
+    "EPOCH_MAX_CHARS",
+    "GUARD_PATTERN",
+    "IDEMPOTENCY_KEY_MAX_CHARS",
+    "LABELS_MAX",
+    "LABEL_KEY_PATTERN",
+    "LABEL_VALUE_MAX_CHARS",
+    "LEASE_TOKEN_MAX_CHARS",
+    "OPERATION_ID_PATTERN",
+    "PAYLOAD_MAX_BYTES",
+    "PAYLOAD_MAX_DEPTH",
+    "ROUTE_MAX_CHARS",
+    "WATCH_GUARDS_MAX",
+]
+
+OPERATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@-]{1,128}")
+"""An operation_id: 1 to 128 characters of letters, digits and ``._:/@-``."""
+
+ROUTE_MAX_CHARS = 256
+"""A route: at most 256 characters, no control characters."""
+
+IDEMPOTENCY_KEY_MAX_CHARS = 256
+"""An idempotency_key: 1 to 256 characters, no control characters."""
+
+PAYLOAD_MAX_BYTES = 64 * 1024
+"""A payload: at most 64 KiB as serialized protobuf."""
+
+PAYLOAD_MAX_DEPTH = 32
+"""A payload: at most 32 levels of nested lists and objects."""
+
+LABELS_MAX = 16
+"""At most 16 labels on a run."""
+
+LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9._/-]{1,63}")
+"""A label key: 1 to 63 characters of letters, digits and ``._/-``."""
+
+LABEL_VALUE_MAX_CHARS = 256
+"""A label value: at most 256 characters, no control characters."""
+
+LEASE_TOKEN_MAX_CHARS = 128
+"""A lease token: at most 128 characters (the server makes 32)."""
+
+WATCH_GUARDS_MAX = 1000
+"""A Watch names at most 1000 guards."""
+
+EPOCH_MAX_CHARS = 64
+"""An epoch: at most 64 characters."""

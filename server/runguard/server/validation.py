@@ -1,0 +1,266 @@
+"""Request validation: every bad field is named, and nothing runs until all are good.
+
+Each ``parse_*`` function turns a request into plain validated values or
+raises :class:`InvalidArgument` listing one violation per bad field (field
+names as in the proto, nested ones dotted: ``labels.color``).
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass
+
+from google.protobuf import duration_pb2, struct_pb2
+from runguard.server.config import DEFAULT_GUARD, ServerConfig
+from runguard.server.core import Labels, fingerprint
+from runguard.server.core.fingerprint import JSONValue, key_fingerprint
+from runguard.server.errors import FieldViolation, InvalidArgument
+from runguard.server.limits import (
+    EPOCH_MAX_CHARS,
+    GUARD_PATTERN,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_MAX_CHARS,
+    LABELS_MAX,
+    LEASE_TOKEN_MAX_CHARS,
+    OPERATION_ID_PATTERN,
+    PAYLOAD_MAX_BYTES,
+    PAYLOAD_MAX_DEPTH,
+    ROUTE_MAX_CHARS,
+    WATCH_GUARDS_MAX,
+)
+from runguard.v1 import runguard_pb2 as pb
+
+__all__ = [
+    "BeginArgs",
+    "EndArgs",
+    "KeepAliveArgs",
+    "WatchArgs",
+    "parse_begin",
+    "parse_current",
+    "parse_end",
+    "parse_keep_alive",
+    "parse_watch",
+]
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def bad(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(field, description))
+
+    def done(self) -> None:
+        if self.violations:
+            raise InvalidArgument(self.violations)
+
+    def guard(self, field: str, value: str) -> str:
+        if value == "":
+            return DEFAULT_GUARD
+        if not GUARD_PATTERN.fullmatch(value):
+            self.bad(field, "must be 1 to 128 characters of letters, digits and ._:/-")
+        return value
+
+    def operation_id(self, field: str, value: str, *, required: bool) -> str:
+        if value == "" and not required:
+            return value
+        if not OPERATION_ID_PATTERN.fullmatch(value):
+            self.bad(field, "must be 1 to 128 characters of letters, digits and ._:/@-")
+        return value
+
+    def text(self, field: str, value: str, limit: int) -> str:
+        if len(value) > limit:
+            self.bad(field, f"must be at most {limit} characters, got {len(value)}")
+        elif any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+            self.bad(field, "must not contain control characters")
+        return value
+
+    def lease_token(self, value: str, *, required: bool) -> str:
+        if required and not value:
+            self.bad("lease_token", "is required (the token Begin returned)")
+        elif len(value) > LEASE_TOKEN_MAX_CHARS:
+            self.bad("lease_token", f"must be at most {LEASE_TOKEN_MAX_CHARS} characters")
+        return value
+
+    def duration(
+        self, field: str, value: duration_pb2.Duration, *, low: float, high: float, open_low: bool
+    ) -> float | None:
+        if value.seconds and value.nanos and (value.seconds < 0) != (value.nanos < 0):
+            self.bad(field, "seconds and nanos must have the same sign")
+            return None
+        if not -999_999_999 <= value.nanos <= 999_999_999:
+            self.bad(field, "nanos must be within ±999,999,999")
+            return None
+        seconds = value.seconds + value.nanos / 1e9
+        too_low = seconds <= low if open_low else seconds < low
+        if too_low or seconds > high:
+            left = "(" if open_low else "["
+            self.bad(field, f"must be in {left}{low:g}s, {high:g}s], got {seconds:g}s")
+            return None
+        return seconds
+
+    def labels(self, labels: dict[str, str]) -> Labels:
+        if len(labels) > LABELS_MAX:
+            self.bad("labels", f"must have at most {LABELS_MAX} entries, got {len(labels)}")
+            return ()
+        for key, value in labels.items():
+            if not LABEL_KEY_PATTERN.fullmatch(key):
+                self.bad(
+                    f"labels[{key[:64]!r}]",
+                    "key must be 1 to 63 characters of letters, digits and ._/-",
+                )
+            self.text(f"labels[{key[:64]!r}]", value, LABEL_VALUE_MAX_CHARS)
+        return tuple(sorted(labels.items()))
+
+    def payload(self, value: struct_pb2.Value) -> JSONValue:
+        size = value.ByteSize()
+        if size > PAYLOAD_MAX_BYTES:
+            self.bad("payload", f"must be at most {PAYLOAD_MAX_BYTES} bytes, got {size}")
+            return None
+        try:
+            return _json(value, 0)
+        except ValueError as error:
+            self.bad("payload", str(error))
+            return None
+
+
+def _json(value: struct_pb2.Value, depth: int) -> JSONValue:
+    if depth > PAYLOAD_MAX_DEPTH:
+        raise ValueError(f"must be at most {PAYLOAD_MAX_DEPTH} levels deep")
+    kind = value.WhichOneof("kind")
+    if kind == "null_value":
+        return None
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise ValueError("numbers must be finite (JSON has no NaN or Infinity)")
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "list_value":
+        return [_json(item, depth + 1) for item in value.list_value.values]
+    if kind == "struct_value":
+        return {k: _json(v, depth + 1) for k, v in value.struct_value.fields.items()}
+    raise ValueError("a value has no kind set (null, bool, number, string, list or object)")
+
+
+@dataclass(frozen=True, slots=True)
+class BeginArgs:
+    """A valid Begin; ``operation_id`` is "" when the server must make one."""
+
+    guard: str
+    operation_id: str
+    fingerprint: str
+    ttl: float | None
+    wait: float
+    labels: Labels
+
+
+def parse_begin(request: pb.BeginRequest, config: ServerConfig) -> BeginArgs:
+    """Validate a Begin. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    guard = check.guard("guard", request.guard)
+    operation_id = check.operation_id("operation_id", request.operation_id, required=False)
+    route = check.text("route", request.route, ROUTE_MAX_CHARS)
+    submission = request.WhichOneof("submission")
+    if submission == "idempotency_key":
+        key = check.text("idempotency_key", request.idempotency_key, IDEMPOTENCY_KEY_MAX_CHARS)
+        if not key:
+            check.bad("idempotency_key", "must not be empty when set")
+        digest = key_fingerprint(route, key)
+    else:
+        payload = check.payload(request.payload) if submission == "payload" else None
+        digest = fingerprint(route, payload)
+    ttl = (
+        check.duration("ttl", request.ttl, low=0, high=config.max_ttl, open_low=True)
+        if request.HasField("ttl")
+        else None
+    )
+    wait = (
+        check.duration("wait", request.wait, low=0, high=config.max_wait, open_low=False)
+        if request.HasField("wait")
+        else 0.0
+    )
+    labels = check.labels(dict(request.labels))
+    check.done()
+    return BeginArgs(guard, operation_id, digest, ttl, wait or 0.0, labels)
+
+
+@dataclass(frozen=True, slots=True)
+class EndArgs:
+    """A valid End."""
+
+    guard: str
+    operation_id: str
+    lease_token: str
+    force: bool
+
+
+def parse_end(request: pb.EndRequest) -> EndArgs:
+    """Validate an End. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    guard = check.guard("guard", request.guard)
+    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    token = check.lease_token(request.lease_token, required=not request.force)
+    check.done()
+    return EndArgs(guard, operation_id, token, request.force)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveArgs:
+    """A valid KeepAlive."""
+
+    guard: str
+    operation_id: str
+    lease_token: str
+    ttl: float | None
+
+
+def parse_keep_alive(request: pb.KeepAliveRequest, config: ServerConfig) -> KeepAliveArgs:
+    """Validate a KeepAlive. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    guard = check.guard("guard", request.guard)
+    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    token = check.lease_token(request.lease_token, required=True)
+    ttl = (
+        check.duration("ttl", request.ttl, low=0, high=config.max_ttl, open_low=True)
+        if request.HasField("ttl")
+        else None
+    )
+    check.done()
+    return KeepAliveArgs(guard, operation_id, token, ttl)
+
+
+def parse_current(request: pb.CurrentRequest) -> str:
+    """Validate a Current; returns the guard. Raises InvalidArgument."""
+    check = _Checker()
+    guard = check.guard("guard", request.guard)
+    check.done()
+    return guard
+
+
+@dataclass(frozen=True, slots=True)
+class WatchArgs:
+    """A valid Watch; ``guards`` None means every guard."""
+
+    guards: tuple[str, ...] | None
+    after_revision: int
+    epoch: str
+
+
+def parse_watch(request: pb.WatchRequest) -> WatchArgs:
+    """Validate a Watch. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    if len(request.guards) > WATCH_GUARDS_MAX:
+        check.bad("guards", f"must name at most {WATCH_GUARDS_MAX} guards")
+    guards = [check.guard(f"guards[{i}]", name) for i, name in enumerate(request.guards)]
+    if request.after_revision < 0:
+        check.bad("after_revision", "must not be negative")
+    if len(request.epoch) > EPOCH_MAX_CHARS:
+        check.bad("epoch", f"must be at most {EPOCH_MAX_CHARS} characters")
+    check.done()
+    unique = tuple(dict.fromkeys(guards)) or None
+    return WatchArgs(unique, request.after_revision, request.epoch)
