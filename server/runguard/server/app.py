@@ -10,10 +10,9 @@ import structlog
 from google.rpc import error_details_pb2  # noqa: F401  # its types in the pool let grpcurl print details
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection, reflection_pb2
-from grpc_reflection.v1alpha._async import ReflectionServicer
 from runguard.server.config import ServerConfig
 from runguard.server.coordinator import Coordinator
+from runguard.server.reflection import add_reflection
 from runguard.server.servicer import RunGuardServicer
 from runguard.server.stores import MemoryStore, Store, open_store
 from runguard.v1 import runguard_pb2, runguard_pb2_grpc
@@ -21,7 +20,6 @@ from runguard.v1 import runguard_pb2, runguard_pb2_grpc
 __all__ = ["RunGuardServer", "configure_logging"]
 
 SERVICE_NAME = runguard_pb2.DESCRIPTOR.services_by_name["RunGuardService"].full_name
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 log = structlog.get_logger("runguard")
 
@@ -44,23 +42,6 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-def _add_reflection(server: grpc.aio.Server, names: list[str]) -> None:
-    reflection.enable_server_reflection(names, server)
-    # grpcio-reflection serves only v1alpha; v1 is wire-identical, so the same
-    # servicer answers newer clients that ask for v1 first.
-    servicer = ReflectionServicer(names)
-    handlers = {
-        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-            servicer.ServerReflectionInfo,
-            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-        )
-    }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(REFLECTION_V1, handlers),)
-    )
-
-
 class RunGuardServer:
     """A RunGuard server: ``await start()`` returns the bound port, ``await stop()`` drains."""
 
@@ -77,12 +58,11 @@ class RunGuardServer:
             RunGuardServicer(self.coordinator), self._server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        _add_reflection(
+        add_reflection(
             self._server,
             [
                 SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ],
         )
 
