@@ -14,6 +14,8 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runguard.server.app import RunGuardServer, configure_logging
 from runguard.server.config import ServerConfig
 
@@ -52,7 +54,23 @@ def _parser() -> argparse.ArgumentParser:
         "--max-connection-age", type=float, help="close connections after this many seconds"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    health = verbs.add_parser("health", help="exit 0 if a server reports SERVING (for probes)")
+    health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     return parser
+
+
+def _health(target: str, timeout: float) -> int:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError as error:
+            print(f"runguard: {target}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConfig:
@@ -103,6 +121,8 @@ async def _serve(config: ServerConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``runguard`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.verb == "health":
+        return _health(args.target, args.timeout)
     try:
         config = build_config(args, os.environ)
     except ValueError as error:

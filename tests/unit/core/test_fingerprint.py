@@ -318,9 +318,13 @@ PAYLOAD: JSONValue = {"topic": "cats", "count": 3, "tags": ["a", "b"], "opts": {
 
 def test_pinned_fingerprints() -> None:
     """Fingerprints are fixed values: the 32 hex digits other languages must compute too."""
-    assert fingerprint("/generate-sse", PAYLOAD) == "52dd3c51a3b3a2a03ea6c4ca8856d34c"
+    # Checked with: printf '%s' '<canonical text>' | sha256sum | cut -c1-32
+    assert canonical_json(["payload", "/generate-sse", PAYLOAD]) == (
+        '["payload","/generate-sse",{"count":3,"opts":{"hd":true},"tags":["a","b"],"topic":"cats"}]'
+    )
+    assert fingerprint("/generate-sse", PAYLOAD) == "de45f26c6e36a3ae759b9152aed5aaf5"
     assert fingerprint("", None) == "f634d81940c9a458f83a5446496b5e25"
-    assert key_fingerprint("/generate-sse", "order-42") == "9a8e3d3e0e1f1a3f0e5e0d3b3d3b3d3b"
+    assert key_fingerprint("/generate-sse", "order-42") == "15239d20c36b4a6d47e591ddea01ea5f"
 
 
 def test_fingerprints_match_node() -> None:

@@ -1,0 +1,122 @@
+"""Fixtures shared by every tier: config, an in-process server, a served process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from runguard.server.app import RunGuardServer
+from runguard.server.config import ServerConfig
+from runguard.v1 import runguard_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's RunGuard settings."""
+    for name in list(os.environ):
+        if name.startswith(("RUNGUARD_", "RUN_DEDUP", "RUN_MAX")):
+            monkeypatch.delenv(name)
+
+
+@dataclass
+class Running:
+    """An in-process server and a channel to it."""
+
+    server: RunGuardServer
+    address: str
+    channel: grpc.aio.Channel
+    stub: Any  # runguard_pb2_grpc.RunGuardServiceStub (generated, untyped)
+
+
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[Callable[..., Any]]:
+    """Start in-process servers on 127.0.0.1:0 with ServerConfig overrides; all stopped after."""
+    started: list[Running] = []
+
+    async def start(**overrides: Any) -> Running:
+        config = ServerConfig(listen="127.0.0.1:0", shutdown_grace=0.5, **overrides)
+        server = RunGuardServer(config)
+        port = await server.start()
+        address = f"127.0.0.1:{port}"
+        channel = grpc.aio.insecure_channel(address)
+        running = Running(server, address, channel, runguard_pb2_grpc.RunGuardServiceStub(channel))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.channel.close()
+        await running.server.stop(grace=0.1)
+
+
+@pytest.fixture
+async def running(start_server: Callable[..., Any]) -> Running:
+    """One in-process server with the default configuration."""
+    result: Running = await start_server()
+    return result
+
+
+@dataclass
+class Served:
+    """A ``runguard serve`` process and the address it listens on."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log: Path
+
+
+def serve_process(tmp_path: Path, *args: str) -> Served:
+    """Start ``runguard serve --listen 127.0.0.1:0 ARGS`` and wait for its 'serving' line."""
+    log = tmp_path / f"server-{time.monotonic_ns()}.log"
+    handle = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runguard.server", "serve", "--listen", "127.0.0.1:0", *args],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and json.loads(line).get("event") == "serving":
+                return Served(process, f"127.0.0.1:{json.loads(line)['port']}", log)
+        if process.poll() is not None:
+            raise RuntimeError(f"runguard serve exited: {log.read_text()}")
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"runguard serve did not start: {log.read_text()}")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Start ``runguard serve`` processes on free ports; all terminated after."""
+    processes: list[Served] = []
+
+    def start(*args: str) -> Served:
+        result = serve_process(tmp_path, *args)
+        processes.append(result)
+        return result
+
+    yield start
+    for item in processes:
+        if item.process.poll() is None:
+            item.process.terminate()
+            try:
+                item.process.wait(10)
+            except subprocess.TimeoutExpired:
+                item.process.kill()
+                item.process.wait()
