@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from runguard.server.core import (
     BeginCommand,
     Change,
@@ -69,19 +68,19 @@ def cmd(
     )
 
 
-def granted(t: Transition[Granted | Queued | Rejection]) -> Granted:
+def granted(t: Transition[Any]) -> Granted:
     """The grant of a Begin that must have been granted."""
     assert isinstance(t.outcome, Granted), t.outcome
     return t.outcome
 
 
-def queued(t: Transition[Granted | Queued | Rejection]) -> Queued:
+def queued(t: Transition[Any]) -> Queued:
     """The queue ticket of a Begin that must have queued."""
     assert isinstance(t.outcome, Queued), t.outcome
     return t.outcome
 
 
-def rejected(t: Transition[Granted | Queued | Rejection] | Transition[Granted | Rejection]) -> Rejection:
+def rejected(t: Transition[Any]) -> Rejection:
     """The rejection of a command that must have been refused."""
     assert isinstance(t.outcome, Rejection), t.outcome
     return t.outcome
@@ -537,7 +536,7 @@ def test_begin_with_wait_on_a_full_guard_queues() -> None:
 
     t = begin(doc, SEED, cmd("op-2", "fp-b", wait=30), T0 + 1)
 
-    assert t.outcome == Queued("op-2", "tok-op-2", T0 + 31)
+    assert queued(t) == Queued("op-2", "tok-op-2", T0 + 31)
     assert t.dirty
     assert t.changes == ()
     assert [(w.operation_id, w.deadline) for w in t.doc.queue] == [("op-2", T0 + 31)]
@@ -545,7 +544,7 @@ def test_begin_with_wait_on_a_full_guard_queues() -> None:
 
 
 def test_end_hands_the_slot_to_the_head_of_the_queue_in_the_same_transition() -> None:
-    """End of the holder grants the oldest waiter at once: RELEASED then ACQUIRED, each with its state."""
+    """End grants the oldest waiter at once: RELEASED then ACQUIRED, each with its state."""
     doc, run1 = hold(new_doc(), SEED, cmd("op-1", "fp-a"), T0)
     doc = begin(doc, SEED, cmd("op-2", "fp-b", wait=30, ttl=20), T0 + 1).doc
 
@@ -745,7 +744,7 @@ def test_a_waiter_is_granted_with_its_own_ttl_and_labels() -> None:
 
 
 def test_a_repeated_begin_while_holding_replays_the_grant() -> None:
-    """A retried Begin (same operation_id and submission) gets its own grant back, marked replayed."""
+    """A retried Begin (same operation_id and submission) gets its grant back, replayed."""
     doc, run = hold(new_doc(), SEED, cmd("op-1", "fp-a"), T0)
 
     t = begin(doc, SEED, cmd("op-1", "fp-a", token="another-token"), T0 + 2)
@@ -763,7 +762,7 @@ def test_a_repeated_begin_while_queued_returns_the_same_ticket() -> None:
 
     t = begin(doc, SEED, cmd("b", "fp-b", wait=99, token="other"), T0 + 2)
 
-    assert t.outcome == Queued("b", "tok-b", T0 + 31)
+    assert queued(t) == Queued("b", "tok-b", T0 + 31)
     assert not t.dirty
     assert t.doc is doc
 
@@ -773,7 +772,7 @@ def test_a_repeated_begin_while_queued_returns_the_same_ticket() -> None:
     [pytest.param(False, id="holding"), pytest.param(True, id="queued")],
 )
 def test_same_operation_id_with_another_submission_conflicts(queued_op: bool) -> None:
-    """An operation_id that names a live or queued run of another submission raises OperationConflict."""
+    """Reusing a live or queued operation_id for another submission raises OperationConflict."""
     doc, _ = hold(new_doc(), SEED, cmd("a", "fp-a"), T0)
     if queued_op:
         doc = begin(doc, SEED, cmd("b", "fp-b", wait=30), T0).doc
@@ -818,9 +817,7 @@ def test_a_rejection_still_commits_the_expiry_it_settled() -> None:
 
     assert rejected(t).reason is RejectionReason.DUPLICATE
     assert t.dirty
-    assert [(c.kind, c.reason) for c in t.changes] == [
-        (ChangeKind.RELEASED, ReleaseReason.EXPIRED)
-    ]
+    assert [(c.kind, c.reason) for c in t.changes] == [(ChangeKind.RELEASED, ReleaseReason.EXPIRED)]
     assert t.doc.holders == ()
 
 

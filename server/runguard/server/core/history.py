@@ -36,10 +36,17 @@ class ChangeLog:
                 raise ValueError("changes must be appended in revision order")
             self._changes.append(change)
         while len(self._changes) > self._limit:
-            evicted = self._changes.popleft().revision
-            while self._changes and self._changes[0].revision == evicted:
+            # Evict the oldest commit only if the last ``limit`` changes stay kept.
+            oldest = self._changes[0].revision
+            size = next(
+                (i for i, c in enumerate(self._changes) if c.revision != oldest),
+                len(self._changes),
+            )
+            if len(self._changes) - size < self._limit:
+                break
+            for _ in range(size):
                 self._changes.popleft()
-            self._floor = evicted
+            self._floor = oldest
 
     def since(self, after: int) -> list[Change] | None:
         """Every kept change with a revision above ``after``; None when some are gone."""

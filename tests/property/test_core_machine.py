@@ -1,0 +1,552 @@
+"""The core driven by Hypothesis: random commands on a fake clock, checked against a model.
+
+One guard per run, with a random capacity (1..3), dedup window, max TTL and queue
+limit. Rules Begin (with and without wait, fingerprints and operation_ids from small
+pools so duplicates, replays and conflicts happen), End (right token, wrong token,
+force), KeepAlive, cancel_wait and settle, and move the clock by random steps or
+exactly onto the next lease expiry, wait deadline or dedup-window edge. Times are
+multiples of 1/8 s, so sums are exact and those edges are hit exactly.
+
+Every transition is compared with a small reference model written from the
+contract, and a simulated store commits dirty transitions, stamping revisions on
+the changes as a real store does and feeding a ChangeLog. On top, the invariants of
+the contract are checked against what was observed, not against the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from runguard.server.core import (
+    BeginCommand,
+    Change,
+    ChangeKind,
+    ChangeLog,
+    EndResult,
+    Granted,
+    GuardDoc,
+    GuardPolicy,
+    Queued,
+    Rejection,
+    RejectionReason,
+    ReleaseReason,
+    Run,
+    Transition,
+    begin,
+    cancel_wait,
+    end,
+    keep_alive,
+    next_deadline,
+    settle,
+)
+from runguard.server.errors import LeaseLost, LeaseMismatch, OperationConflict, RunGuardError
+
+OPS = ["a", "b", "c", "d", "e"]
+FINGERPRINTS = ["fp-1", "fp-2", "fp-3"]
+EIGHTHS = st.integers(min_value=0, max_value=96).map(lambda k: k / 8)
+TTLS = st.one_of(st.none(), st.integers(min_value=1, max_value=80).map(lambda k: k / 8))
+WAITS = st.one_of(st.just(0.0), st.integers(min_value=1, max_value=80).map(lambda k: k / 8))
+START = 1_000.0
+
+# --- the reference model --------------------------------------------------------------
+
+Outcome = tuple[Any, ...]
+"""An outcome reduced to comparable plain values (see ``reduce``)."""
+
+
+@dataclass
+class MHolder:
+    op: str
+    fp: str
+    token: str
+    ttl: float
+    fencing: int
+    started_at: float
+    expires_at: float
+
+
+@dataclass
+class MWaiter:
+    op: str
+    fp: str
+    token: str
+    ttl: float
+    deadline: float
+
+
+@dataclass
+class Model:
+    """The guard as the contract describes it, in the simplest terms."""
+
+    policy: GuardPolicy
+    next_fencing: int
+    holders: list[MHolder] = field(default_factory=list)
+    queue: list[MWaiter] = field(default_factory=list)
+    accepted: dict[str, tuple[float, str]] = field(default_factory=dict)
+    last_release: dict[str, ReleaseReason] = field(default_factory=dict)
+    events: list[tuple[ChangeKind, str, ReleaseReason | None, int]] = field(default_factory=list)
+    dirty: bool = False
+
+    def holder(self, op: str) -> MHolder | None:
+        return next((h for h in self.holders if h.op == op), None)
+
+    def waiter(self, op: str) -> MWaiter | None:
+        return next((w for w in self.queue if w.op == op), None)
+
+    def release(self, h: MHolder, reason: ReleaseReason) -> None:
+        self.holders.remove(h)
+        self.last_release[h.op] = reason
+        self.dirty = True
+        self.events.append((ChangeKind.RELEASED, h.op, reason, len(self.queue)))
+
+    def grant(self, op: str, fp: str, token: str, ttl: float, now: float) -> MHolder:
+        h = MHolder(op, fp, token, ttl, self.next_fencing, now, now + ttl)
+        self.next_fencing += 1
+        self.holders.append(h)
+        self.accepted[fp] = (now, op)
+        self.dirty = True
+        self.events.append((ChangeKind.ACQUIRED, op, None, len(self.queue)))
+        return h
+
+    def promote(self, now: float) -> None:
+        while self.queue and len(self.holders) < self.policy.capacity:
+            w = self.queue.pop(0)
+            self.grant(w.op, w.fp, w.token, w.ttl, now)
+
+    def settle(self, now: float) -> Outcome:
+        for h in [h for h in self.holders if h.expires_at <= now]:
+            self.release(h, ReleaseReason.EXPIRED)
+        live = [w for w in self.queue if w.deadline > now]
+        if len(live) < len(self.queue):
+            self.queue = live
+            self.dirty = True
+        self.promote(now)
+        return ("none",)
+
+    def in_window(self, fp: str, now: float) -> tuple[float, str] | None:
+        hit = self.accepted.get(fp)
+        if hit is not None and now - hit[0] < self.policy.dedup_window:
+            return hit
+        return None
+
+    def holder_ops(self) -> tuple[str, ...]:
+        return tuple(h.op for h in self.holders)
+
+    def begin(self, cmd: BeginCommand, now: float) -> Outcome:
+        self.settle(now)
+        h = self.holder(cmd.operation_id)
+        if h is not None:
+            if h.fp != cmd.fingerprint:
+                return ("raise", OperationConflict)
+            return granted_outcome(h, replayed=True)
+        w = self.waiter(cmd.operation_id)
+        if w is not None:
+            if w.fp != cmd.fingerprint:
+                return ("raise", OperationConflict)
+            return ("queued", w.op, w.token, w.deadline)
+        full = len(self.holders) >= self.policy.capacity
+        if full and cmd.wait <= 0:
+            soonest = min(h.expires_at for h in self.holders)
+            return ("rejected", RejectionReason.IN_FLIGHT, self.holder_ops(), None, soonest - now)
+        earlier = self.in_window(cmd.fingerprint, now)
+        if earlier is not None:
+            retry = earlier[0] + self.policy.dedup_window - now
+            return ("rejected", RejectionReason.DUPLICATE, self.holder_ops(), earlier[1], retry)
+        if any(w.fp == cmd.fingerprint for w in self.queue):
+            return ("rejected", RejectionReason.DUPLICATE, self.holder_ops(), None, None)
+        ttl = self.policy.max_ttl if cmd.ttl is None else cmd.ttl
+        if full:
+            if len(self.queue) >= self.policy.max_queue:
+                return ("rejected", RejectionReason.QUEUE_FULL, self.holder_ops(), None, None)
+            w = MWaiter(cmd.operation_id, cmd.fingerprint, cmd.lease_token, ttl, now + cmd.wait)
+            self.queue.append(w)
+            self.dirty = True
+            return ("queued", w.op, w.token, w.deadline)
+        h = self.grant(cmd.operation_id, cmd.fingerprint, cmd.lease_token, ttl, now)
+        return granted_outcome(h, replayed=False)
+
+    def end(self, op: str, token: str, force: bool, now: float) -> Outcome:
+        self.settle(now)
+        h = self.holder(op)
+        if h is None:
+            return ("end", EndResult.ALREADY_ENDED)
+        if not force and h.token != token:
+            return ("raise", LeaseMismatch)
+        self.release(h, ReleaseReason.FORCED if force else ReleaseReason.ENDED)
+        self.promote(now)
+        return ("end", EndResult.ENDED)
+
+    def keep_alive(self, op: str, token: str, ttl: float | None, now: float) -> Outcome:
+        self.settle(now)
+        h = self.holder(op)
+        if h is None:
+            why = self.last_release.get(op)
+            return ("raise", LeaseLost, why.value if why is not None else "no such run")
+        if h.token != token:
+            return ("raise", LeaseMismatch)
+        h.ttl = h.ttl if ttl is None else ttl
+        h.expires_at = now + h.ttl
+        self.dirty = True
+        return ("run", h.op, h.fencing, h.expires_at)
+
+    def cancel_wait(self, op: str, token: str, now: float) -> Outcome:
+        self.settle(now)
+        h = self.holder(op)
+        if h is not None and h.token == token:
+            return granted_outcome(h, replayed=False)
+        w = self.waiter(op)
+        if w is not None and w.token == token:
+            self.queue.remove(w)
+            self.dirty = True
+        return ("rejected", RejectionReason.WAIT_TIMEOUT, self.holder_ops(), None, None)
+
+
+def granted_outcome(h: MHolder, *, replayed: bool) -> Outcome:
+    """A model holder's grant, reduced."""
+    return ("granted", h.op, h.fencing, h.started_at, h.expires_at, h.token, replayed)
+
+
+def reduce(outcome: object) -> Outcome:
+    """A core outcome as the plain tuple the model gives."""
+    if isinstance(outcome, Granted):
+        r = outcome.run
+        return (
+            "granted",
+            r.operation_id,
+            r.fencing_token,
+            r.started_at,
+            r.expires_at,
+            outcome.lease_token,
+            outcome.replayed,
+        )
+    if isinstance(outcome, Queued):
+        return ("queued", outcome.operation_id, outcome.lease_token, outcome.deadline)
+    if isinstance(outcome, Rejection):
+        dup = None if outcome.duplicate_of is None else outcome.duplicate_of.operation_id
+        holders = tuple(r.operation_id for r in outcome.holders)
+        return ("rejected", outcome.reason, holders, dup, outcome.retry_after)
+    if isinstance(outcome, EndResult):
+        return ("end", outcome)
+    if isinstance(outcome, Run):
+        return ("run", outcome.operation_id, outcome.fencing_token, outcome.expires_at)
+    assert outcome is None, outcome
+    return ("none",)
+
+
+# --- the machine ----------------------------------------------------------------------
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """One guard, a fake clock, a simulated store, a model and the observed history."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = START
+        self.policy = GuardPolicy()
+        self.doc = GuardDoc(name="g", next_fencing=1)
+        self.model = Model(policy=self.policy, next_fencing=1)
+        self.tokens = 0
+        self.last_token: dict[str, str] = {}
+        # The simulated store.
+        self.revision = 0
+        self.committed: list[Change] = []
+        self.log = ChangeLog(6)
+        # What was observed, for the invariants.
+        self.fencing_seen: list[int] = []
+        self.grants_seen: list[tuple[str, float]] = []
+        self.arrivals: list[tuple[str, float]] = []
+
+    @initialize(
+        capacity=st.integers(min_value=1, max_value=3),
+        dedup_window=st.sampled_from([0.0, 2.5, 5.0]),
+        max_ttl=st.sampled_from([3.0, 20.0]),
+        max_queue=st.integers(min_value=0, max_value=3),
+        next_fencing=st.integers(min_value=1, max_value=2**40),
+        history=st.integers(min_value=1, max_value=8),
+    )
+    def new_guard(
+        self,
+        capacity: int,
+        dedup_window: float,
+        max_ttl: float,
+        max_queue: int,
+        next_fencing: int,
+        history: int,
+    ) -> None:
+        self.policy = GuardPolicy(
+            capacity=capacity, dedup_window=dedup_window, max_ttl=max_ttl, max_queue=max_queue
+        )
+        self.doc = GuardDoc(name="g", next_fencing=next_fencing)
+        self.model = Model(policy=self.policy, next_fencing=next_fencing)
+        self.log = ChangeLog(history)
+
+    # --- applying one command ---------------------------------------------------------
+
+    def apply(
+        self,
+        command: Callable[[GuardDoc], Transition[Any]],
+        model_step: Callable[[Model], Outcome],
+    ) -> Transition[Any] | None:
+        """Run a command on the core and the model, compare them, and commit like a store."""
+        before = self.doc
+        model = copy.deepcopy(self.model)
+        model.dirty = False
+        model.events = []
+        expected = model_step(model)
+        try:
+            t = command(before)
+        except RunGuardError as error:
+            assert expected[0] == "raise", (expected, error)
+            assert isinstance(error, expected[1]), (expected, error)
+            if isinstance(error, LeaseLost):
+                assert error.reason.startswith(expected[2]), (error.reason, expected)
+            # A transition that raises changed nothing: the document is not applied.
+            assert self.doc is before
+            return None
+        assert reduce(t.outcome) == expected
+        assert t.dirty == model.dirty
+        if not t.dirty:
+            assert t.doc is before
+            assert t.changes == ()
+        assert [(c.kind, c.run.operation_id, c.reason) for c in t.changes] == [
+            (kind, op, reason) for kind, op, reason, _ in model.events
+        ]
+        self.check_change_states(t.changes, model)
+        self.model = model
+        self.observe(t)
+        self.commit(t)
+        self.compare_document()
+        return t
+
+    def check_change_states(self, changes: tuple[Change, ...], model: Model) -> None:
+        """Each change carries the guard's state right after it."""
+        holders = [h.run for h in self.doc.holders]
+        for change, (_, _, _, queue_length) in zip(changes, model.events, strict=True):
+            if change.kind is ChangeKind.ACQUIRED:
+                holders.append(change.run)
+            else:
+                holders = [r for r in holders if r.operation_id != change.run.operation_id]
+            assert change.state.guard == "g"
+            assert change.state.capacity == self.policy.capacity
+            assert [r.operation_id for r in change.state.holders] == [
+                r.operation_id for r in holders
+            ]
+            assert change.state.queue_length == queue_length
+            assert change.revision == 0
+
+    def observe(self, t: Transition[Any]) -> None:
+        """Record grants, arrivals and rejections, and check them against the history."""
+        queued_before = [w.operation_id for w in self.doc.queue]
+        for change in t.changes:
+            if change.kind is not ChangeKind.ACQUIRED:
+                continue
+            run = change.run
+            if self.fencing_seen:
+                assert run.fencing_token > self.fencing_seen[-1]
+            self.fencing_seen.append(run.fencing_token)
+            self.grants_seen.append((run.fingerprint, run.started_at))
+            if run.operation_id in queued_before:
+                # Granted from the queue: everyone who arrived earlier and is still
+                # waiting must have been granted or dropped (wait over) before it.
+                waiting = [op for op, deadline in self.arrivals if deadline > self.now]
+                assert waiting[0] == run.operation_id, (waiting, run.operation_id)
+                index = [op for op, _ in self.arrivals].index(run.operation_id)
+                del self.arrivals[: index + 1]
+        outcome = t.outcome
+        if isinstance(outcome, Queued) and outcome.operation_id not in queued_before:
+            self.arrivals.append((outcome.operation_id, outcome.deadline))
+        if isinstance(outcome, Rejection) and outcome.reason is RejectionReason.DUPLICATE:
+            fp = outcome.duplicate_of.fingerprint if outcome.duplicate_of else None
+            recent = any(
+                f == fp and self.now - at < self.policy.dedup_window
+                for f, at in self.grants_seen
+            )
+            twin = fp is None and len(t.doc.queue) > 0
+            assert recent or twin, outcome
+        # Waiters cancelled or dropped leave the arrival list.
+        still = {w.operation_id for w in t.doc.queue}
+        self.arrivals = [(op, d) for op, d in self.arrivals if op in still]
+
+    def commit(self, t: Transition[Any]) -> None:
+        """Commit like a store: a dirty transition gets the next revision, stamped on its changes."""
+        if not t.dirty:
+            return
+        revision = self.revision + 1
+        stamped = [dataclasses.replace(c, revision=revision) for c in t.changes]
+        assert all(c.revision == revision for c in stamped)
+        if self.committed and stamped:
+            assert stamped[0].revision > self.committed[-1].revision
+        self.revision = revision
+        self.committed += stamped
+        self.log.append(stamped)
+        self.doc = t.doc
+
+    def compare_document(self) -> None:
+        """The committed document holds exactly what the model holds."""
+        doc, model = self.doc, self.model
+        assert doc.next_fencing == model.next_fencing
+        assert [
+            (
+                h.run.operation_id,
+                h.run.fingerprint,
+                h.lease_token,
+                h.run.fencing_token,
+                h.run.started_at,
+                h.run.expires_at,
+            )
+            for h in doc.holders
+        ] == [(h.op, h.fp, h.token, h.fencing, h.started_at, h.expires_at) for h in model.holders]
+        assert [(w.operation_id, w.fingerprint, w.lease_token, w.deadline) for w in doc.queue] == [
+            (w.op, w.fp, w.token, w.deadline) for w in model.queue
+        ]
+        times = [h.expires_at for h in model.holders] + [w.deadline for w in model.queue]
+        assert next_deadline(doc) == min(times, default=None)
+
+    # --- tokens and operations ------------------------------------------------------------
+
+    def fresh_token(self, op: str) -> str:
+        self.tokens += 1
+        token = f"tok-{self.tokens}"
+        self.last_token[op] = token
+        return token
+
+    def token_of(self, op: str) -> str:
+        """The lease token the caller of ``op`` was given last."""
+        return self.last_token.get(op, "never-issued")
+
+    # --- rules ------------------------------------------------------------------------
+
+    @rule(step=EIGHTHS)
+    def advance(self, step: float) -> None:
+        """Time passes by a random multiple of 1/8 s."""
+        self.now += step
+
+    @rule(data=st.data())
+    def advance_to_an_edge(self, data: st.DataObject) -> None:
+        """Time jumps exactly onto a lease expiry, a wait deadline or a dedup-window edge."""
+        edges = [h.run.expires_at for h in self.doc.holders]
+        edges += [w.deadline for w in self.doc.queue]
+        edges += [a.accepted_at + self.policy.dedup_window for a in self.doc.accepted]
+        edges = sorted(e for e in edges if e >= self.now)
+        if edges:
+            offset = data.draw(st.sampled_from([0.0, 0.0, -0.125, 0.125]), label="offset")
+            self.now = max(self.now, data.draw(st.sampled_from(edges), label="edge") + offset)
+
+    @rule(
+        op=st.sampled_from(OPS),
+        fp=st.sampled_from(FINGERPRINTS),
+        ttl=TTLS,
+        wait=WAITS,
+    )
+    def begin(self, op: str, fp: str, ttl: float | None, wait: float) -> None:
+        """Begin, maybe waiting, maybe repeating an operation_id or a submission."""
+        previous = self.last_token.get(op)
+        cmd = BeginCommand(
+            operation_id=op, fingerprint=fp, lease_token=self.fresh_token(op), ttl=ttl, wait=wait
+        )
+        now = self.now
+        t = self.apply(lambda d: begin(d, self.policy, cmd, now), lambda m: m.begin(cmd, now))
+        if t is None or isinstance(t.outcome, Rejection) or getattr(t.outcome, "replayed", False):
+            if previous is not None:
+                self.last_token[op] = previous
+        if isinstance(t and t.outcome, Queued) and t is not None:
+            self.last_token[op] = t.outcome.lease_token
+
+    @rule(op=st.sampled_from(OPS), how=st.sampled_from(["token", "wrong", "force"]))
+    def end(self, op: str, how: str) -> None:
+        """End with the right token, a wrong one, or forced without one."""
+        token = {"token": self.token_of(op), "wrong": "wrong-token", "force": ""}[how]
+        force = how == "force"
+        now = self.now
+        self.apply(
+            lambda d: end(d, self.policy, op, token, now, force=force),
+            lambda m: m.end(op, token, force, now),
+        )
+
+    @rule(op=st.sampled_from(OPS), right=st.booleans(), ttl=TTLS)
+    def keep_alive(self, op: str, right: bool, ttl: float | None) -> None:
+        """KeepAlive with or without the token, with or without a new ttl."""
+        token = self.token_of(op) if right else "wrong-token"
+        now = self.now
+        self.apply(
+            lambda d: keep_alive(d, self.policy, op, token, now, ttl=ttl),
+            lambda m: m.keep_alive(op, token, ttl, now),
+        )
+
+    @rule(op=st.sampled_from(OPS), right=st.booleans())
+    def cancel_wait(self, op: str, right: bool) -> None:
+        """A waiter gives up (or an impostor tries to make it)."""
+        token = self.token_of(op) if right else "wrong-token"
+        now = self.now
+        self.apply(
+            lambda d: cancel_wait(d, self.policy, op, token, now),
+            lambda m: m.cancel_wait(op, token, now),
+        )
+
+    @rule()
+    def settle(self) -> None:
+        """The store's timer settles the guard."""
+        now = self.now
+        self.apply(lambda d: settle(d, self.policy, now), lambda m: m.settle(now))
+
+    @precondition(lambda self: self.revision > 0)
+    @rule(data=st.data())
+    def resume_a_watcher(self, data: st.DataObject) -> None:
+        """A watcher resuming after any revision gets exactly the later changes, or None."""
+        after = data.draw(st.integers(min_value=0, max_value=self.revision), label="after")
+        later = [c for c in self.committed if c.revision > after]
+        replay = self.log.since(after)
+        if replay is None:
+            assert after < self.log.floor
+            # Only history beyond the last ``limit`` changes may be gone.
+            assert len(later) > self.log._limit  # noqa: SLF001 - the limit under test
+        else:
+            assert replay == later
+
+    # --- invariants -------------------------------------------------------------------
+
+    @invariant()
+    def never_more_holders_than_capacity(self) -> None:
+        """At most ``capacity`` runs hold a slot."""
+        assert len(self.doc.holders) <= self.policy.capacity
+
+    @invariant()
+    def queue_only_while_full(self) -> None:
+        """Somebody waits only while every slot is taken."""
+        if self.doc.queue:
+            assert len(self.doc.holders) == self.policy.capacity
+
+    @invariant()
+    def fencing_counter_is_ahead_of_every_grant(self) -> None:
+        """The next fencing token is above every token ever granted."""
+        if self.fencing_seen:
+            assert self.doc.next_fencing > self.fencing_seen[-1]
+
+    @invariant()
+    def lease_tokens_stay_secret(self) -> None:
+        """No change a watcher sees carries a lease token."""
+        for change in self.committed[-5:]:
+            assert not hasattr(change.run, "lease_token")
+
+
+CoreMachine.TestCase.settings = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestCoreMachine = CoreMachine.TestCase
