@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-
 from runguard.server.app import RunGuardServer
 from runguard.server.config import ServerConfig
 from runguard.v1 import runguard_pb2_grpc
@@ -38,8 +37,6 @@ class Running:
     address: str
     channel: grpc.aio.Channel
     stub: Any  # runguard_pb2_grpc.RunGuardServiceStub (generated, untyped)
-
-
 
 
 @pytest.fixture
@@ -82,13 +79,13 @@ class Served:
 def serve_process(tmp_path: Path, *args: str) -> Served:
     """Start ``runguard serve --listen 127.0.0.1:0 ARGS`` and wait for its 'serving' line."""
     log = tmp_path / f"server-{time.monotonic_ns()}.log"
-    handle = log.open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "runguard.server", "serve", "--listen", "127.0.0.1:0", *args],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with log.open("w") as handle:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "runguard.server", "serve", "--listen", "127.0.0.1:0", *args],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():

@@ -95,3 +95,19 @@ async def queue_reaches(stub: Any, length: int, guard: str = "generate") -> None
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"queue of {guard!r} never reached {length}")
+
+
+def end_request(granted: pb.Granted) -> pb.EndRequest:
+    """The End a holder sends for its grant."""
+    run = granted.run
+    return pb.EndRequest(
+        guard=run.guard, operation_id=run.operation_id, lease_token=granted.lease_token
+    )
+
+
+def keep_alive_request(granted: pb.Granted) -> pb.KeepAliveRequest:
+    """The KeepAlive a holder sends for its grant."""
+    run = granted.run
+    return pb.KeepAliveRequest(
+        guard=run.guard, operation_id=run.operation_id, lease_token=granted.lease_token
+    )
