@@ -281,19 +281,30 @@ class Coordinator:
 
     async def _follow(self, feed: AsyncIterator[Commit]) -> None:
         async for commit in feed:
-            self._track(commit.doc)
-            for change in commit.changes:
-                if change.kind is not ChangeKind.ACQUIRED:
-                    continue
-                for future in self._acquired.get((commit.guard, change.run.operation_id), []):
-                    holder = next(
-                        h
-                        for h in commit.doc.holders
-                        if h.run.operation_id == change.run.operation_id
-                    )
-                    if not future.done():
-                        future.set_result(holder)
-            self.hub.publish(commit)
+            try:
+                self._track(commit.doc)
+                self._hand_over(commit)
+                self.hub.publish(commit)
+            except Exception:  # one bad commit must not stop the feed for everybody
+                log.exception("feed_failed", guard=commit.guard, revision=commit.revision)
+
+    def _hand_over(self, commit: Commit) -> None:
+        """Tell the Begins waiting in this process that their queued call was granted."""
+        for change in commit.changes:
+            if change.kind is not ChangeKind.ACQUIRED:
+                continue
+            futures = self._acquired.get((commit.guard, change.run.operation_id), [])
+            holder = next(
+                (h for h in commit.doc.holders if h.run.operation_id == change.run.operation_id),
+                None,
+            )
+            # None: granted and ended within one commit; the wait then times out
+            # and cancel_wait reports what happened.
+            if holder is None:
+                continue
+            for future in futures:
+                if not future.done():
+                    future.set_result(holder)
 
     def _track(self, doc: GuardDoc) -> None:
         deadline = core.next_deadline(doc)
@@ -325,7 +336,7 @@ class Coordinator:
             del self._deadlines[guard]
             try:
                 await self._settle(guard)
-            except RunGuardError as error:
+            except Exception as error:  # expiry must go on for every other guard
                 log.warning("expiry_failed", guard=guard, error=str(error))
                 self._deadlines[guard] = self._clock() + EXPIRY_RETRY
                 heapq.heappush(self._heap, (self._deadlines[guard], guard))
