@@ -1,0 +1,64 @@
+"""The RunGuard Python client: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+Take a slot, keep its lease alive while the job runs, always give it back::
+
+    from runguard.client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        with client.run("generate", route="/generate", payload={"prompt": "cats"}, ttl=30):
+            do_the_work()
+
+A refusal raises ``RunRejected`` (``reason`` "in_flight", "duplicate", ...);
+nothing returns a bare protobuf.
+"""
+
+from runguard.client._async import AsyncClient, AsyncWatch
+from runguard.client._shared import Holding, RetryPolicy
+from runguard.client._sync import Client, Watch
+from runguard.client.errors import (
+    AlreadyExists,
+    CallFailed,
+    InvalidArgument,
+    LeaseLost,
+    PermissionDenied,
+    RunGuardError,
+    RunRejected,
+    Unavailable,
+)
+from runguard.client.models import (
+    Change,
+    EndResult,
+    Grant,
+    GuardState,
+    Progress,
+    Run,
+    Snapshot,
+    WatchEvent,
+)
+from runguard.server.core.fingerprint import fingerprint
+
+__all__ = [
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncWatch",
+    "CallFailed",
+    "Change",
+    "Client",
+    "EndResult",
+    "Grant",
+    "GuardState",
+    "Holding",
+    "InvalidArgument",
+    "LeaseLost",
+    "PermissionDenied",
+    "Progress",
+    "RetryPolicy",
+    "Run",
+    "RunGuardError",
+    "RunRejected",
+    "Snapshot",
+    "Unavailable",
+    "Watch",
+    "WatchEvent",
+    "fingerprint",
+]

@@ -1,4 +1,5 @@
-"""``runguard``: the command line. The only module that reads the environment.
+"""``runguard``: the command line: ``serve`` and ``health`` here, the client verbs in
+``runguard.client.cli``. The only modules that read the environment.
 
 Environment (flags win): ``RUN_DEDUP_WINDOW_SECS`` (5) and ``RUN_MAX_SECS``
 (1800) keep the seed's meaning; ``RUNGUARD_LISTEN`` and ``RUNGUARD_STORE``
@@ -16,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from runguard.client.cli import VERBS, add_verbs, run_verb, split_command
 from runguard.server.app import RunGuardServer, configure_logging
 from runguard.server.config import ServerConfig
 
@@ -57,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     health = verbs.add_parser("health", help="exit 0 if a server reports SERVING (for probes)")
     health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    add_verbs(verbs)
     return parser
 
 
@@ -120,9 +123,13 @@ async def _serve(config: ServerConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``runguard`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    own, command = split_command(list(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_args(own)
+    args.command = command
     if args.verb == "health":
         return _health(args.target, args.timeout)
+    if args.verb in VERBS:
+        return run_verb(args)
     try:
         config = build_config(args, os.environ)
     except ValueError as error:

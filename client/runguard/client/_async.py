@@ -1,0 +1,295 @@
+"""The asyncio client: the same keyword arguments and methods as ``Client``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+from runguard.client._shared import (
+    DEFAULT_RETRY,
+    DEFAULT_TARGET,
+    Holding,
+    RetryPolicy,
+    WatchCursor,
+    begin_request,
+    end_result,
+    grant_or_raise,
+    guard_state,
+    renew_every,
+    retryable,
+    run_from,
+)
+from runguard.client.errors import LeaseLost, RunGuardError, Unavailable, error_from_status
+from runguard.client.models import EndResult, Grant, GuardState, Run, WatchEvent
+from runguard.v1 import runguard_pb2 as pb
+from runguard.v1 import runguard_pb2_grpc
+
+__all__ = ["AsyncClient", "AsyncWatch"]
+
+
+def _error(error: grpc.aio.AioRpcError) -> RunGuardError:
+    metadata: Any = error.trailing_metadata()  # grpc.aio.Metadata: (key, value) pairs
+    trailers = [(key, value) for key, value in metadata or ()]
+    return error_from_status(error.code(), error.details(), trailers)
+
+
+class AsyncClient:
+    """An asyncio RunGuard client; ``await aclose()`` (or ``async with``) when done.
+
+    Takes the same keyword arguments as :class:`runguard.client.Client`.
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.metadata = tuple(metadata)
+        self.retry = retry
+        self._owned = channel is None
+        if channel is None:
+            channel = (
+                grpc.aio.secure_channel(target, credentials, options=list(options))
+                if credentials is not None
+                else grpc.aio.insecure_channel(target, options=list(options))
+            )
+        self._channel = channel
+        self._stub: Any = runguard_pb2_grpc.RunGuardServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
+
+    async def aclose(self) -> None:
+        """Close the channel (if this client made it)."""
+        if self._owned:
+            await self._channel.close(None)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _call(self, method: str, request: Any, deadline: float | None = None) -> Any:
+        deadline = deadline if deadline is not None else self.timeout
+        for attempt in range(self.retry.attempts):
+            try:
+                return await getattr(self._stub, method)(
+                    request, timeout=deadline, metadata=self.metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                if not retryable(error.code()) or attempt + 1 == self.retry.attempts:
+                    raise _error(error) from None
+            await asyncio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def begin(
+        self,
+        guard: str = "",
+        *,
+        route: str = "",
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        operation_id: str | None = None,
+        ttl: float | None = None,
+        wait: float | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Grant:
+        """Take a slot of ``guard``; see ``Client.begin``."""
+        request = begin_request(
+            guard,
+            route=route,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            operation_id=operation_id,
+            ttl=ttl,
+            wait=wait,
+            labels=labels,
+        )
+        timeout = None if self.timeout is None else self.timeout + (wait or 0)
+        return grant_or_raise(await self._call("Begin", request, timeout))
+
+    async def end(
+        self, guard: str, operation_id: str, lease_token: str = "", *, force: bool = False
+    ) -> EndResult:
+        """Give a slot back; see ``Client.end``."""
+        request = pb.EndRequest(
+            guard=guard, operation_id=operation_id, lease_token=lease_token, force=force
+        )
+        return end_result(await self._call("End", request))
+
+    async def end_grant(self, grant: Grant) -> EndResult:
+        """End the run of a grant."""
+        return await self.end(grant.run.guard, grant.run.operation_id, grant.lease_token)
+
+    async def keep_alive(
+        self, guard: str, operation_id: str, lease_token: str, *, ttl: float | None = None
+    ) -> Run:
+        """Extend a lease; see ``Client.keep_alive``."""
+        request = pb.KeepAliveRequest(
+            guard=guard, operation_id=operation_id, lease_token=lease_token
+        )
+        if ttl is not None:
+            request.ttl.FromNanoseconds(round(ttl * 1e9))
+        try:
+            return run_from((await self._call("KeepAlive", request)).run)
+        except LeaseLost as error:
+            raise LeaseLost(error.message, guard=guard, operation_id=operation_id) from None
+
+    async def current(self, guard: str = "") -> GuardState:
+        """A guard's holders, capacity and queue length."""
+        reply = await self._call("Current", pb.CurrentRequest(guard=guard))
+        return guard_state(reply.state, reply.revision, reply.epoch)
+
+    def watch(
+        self, guards: Iterable[str] = (), *, after_revision: int = 0, epoch: str = ""
+    ) -> AsyncWatch:
+        """Snapshots and changes, reconnecting by itself; see ``Client.watch``."""
+        return AsyncWatch(self, list(guards), WatchCursor(after_revision, epoch))
+
+    @contextlib.asynccontextmanager
+    async def run(
+        self,
+        guard: str = "",
+        *,
+        route: str = "",
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        operation_id: str | None = None,
+        ttl: float | None = None,
+        wait: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        on_lost: Callable[[LeaseLost], object] | None = None,
+    ) -> AsyncIterator[Holding]:
+        """Hold a slot for the ``async with`` block; see ``Client.run``."""
+        grant = await self.begin(
+            guard,
+            route=route,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            operation_id=operation_id,
+            ttl=ttl,
+            wait=wait,
+            labels=labels,
+        )
+        holding = Holding(grant, on_lost)
+        watch = self.watch([grant.run.guard])
+        tasks = [
+            asyncio.create_task(self._renew(holding)),
+            asyncio.create_task(self._follow(holding, watch)),
+        ]
+
+        async def release() -> None:
+            for task in tasks:
+                task.cancel()
+            await watch.aclose()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not holding.lost:
+                await self.end_grant(grant)
+
+        try:
+            yield holding
+        except BaseException:
+            with contextlib.suppress(RunGuardError):  # the block's own error wins
+                await release()
+            raise
+        await release()
+        holding.check()
+
+    async def _renew(self, holding: Holding) -> None:
+        grant = holding.grant
+        expires = grant.run.expires_at.timestamp()
+        while True:
+            await asyncio.sleep(renew_every(grant))
+            try:
+                run = await self.keep_alive(
+                    grant.run.guard, grant.run.operation_id, grant.lease_token
+                )
+                expires = run.expires_at.timestamp()
+            except LeaseLost as error:
+                holding.lose(error.message)
+                return
+            except RunGuardError as error:
+                if time.time() >= expires:
+                    holding.lose(f"the lease lapsed while renewing failed: {error.message}")
+                    return
+
+    async def _follow(self, holding: Holding, watch: AsyncWatch) -> None:
+        try:
+            async for event in watch:
+                reason = holding.released(event)
+                if reason is not None:
+                    holding.lose(reason)
+                    return
+        except RunGuardError:
+            pass  # the renewals still guard the lease
+
+
+class AsyncWatch:
+    """A reconnecting Watch stream (see ``AsyncClient.watch``); ``await aclose()`` ends it."""
+
+    def __init__(self, client: AsyncClient, guards: list[str], cursor: WatchCursor) -> None:
+        self._client = client
+        self._guards = guards
+        self.cursor = cursor
+        self._call: Any = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        failures = 0
+        quiet_since = time.monotonic()
+        while not self._closed:
+            if self._call is None:
+                self._call = self._client._stub.Watch(
+                    self.cursor.request(self._guards), metadata=self._client.metadata
+                )
+            error: grpc.aio.AioRpcError | None = None
+            try:
+                message = await self._call.read()
+            except grpc.aio.AioRpcError as caught:
+                error = caught
+            else:
+                if message is not grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from grpc-stubs
+                    event = self.cursor.accept(message)
+                    if event is not None:
+                        return event
+                    continue
+            if self._closed:
+                break
+            code = error.code() if error is not None else grpc.StatusCode.UNAVAILABLE
+            if (
+                not retryable(code)
+                or time.monotonic() - quiet_since > self._client.retry.watch_give_up
+            ):
+                if error is None:
+                    raise Unavailable("the Watch stream ended")
+                raise _error(error) from None
+            self._call = None
+            self.cursor.reconnecting()
+            await asyncio.sleep(self._client.retry.delay(failures))
+            failures += 1
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop the stream."""
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+
+    async def __aenter__(self) -> AsyncWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,337 @@
+"""What the sync and async clients share, with no I/O: request building,
+response reading, the retry decision and backoff, the Watch resume cursor,
+and the state of a held slot."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2
+from runguard.client.errors import LeaseLost, RunRejected
+from runguard.client.models import (
+    Change,
+    EndResult,
+    Grant,
+    GuardState,
+    Progress,
+    Run,
+    Snapshot,
+    WatchEvent,
+)
+from runguard.v1 import runguard_pb2 as pb
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "DEFAULT_TARGET",
+    "Holding",
+    "RetryPolicy",
+    "WatchCursor",
+    "begin_request",
+    "end_result",
+    "grant_or_raise",
+    "guard_state",
+    "json_payload",
+    "renew_every",
+    "retryable",
+    "run_from",
+]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+_REASONS = {
+    pb.REJECTION_REASON_IN_FLIGHT: "in_flight",
+    pb.REJECTION_REASON_DUPLICATE: "duplicate",
+    pb.REJECTION_REASON_WAIT_TIMEOUT: "wait_timeout",
+    pb.REJECTION_REASON_QUEUE_FULL: "queue_full",
+}
+_RELEASES = {
+    pb.RELEASE_REASON_ENDED: "ended",
+    pb.RELEASE_REASON_EXPIRED: "expired",
+    pb.RELEASE_REASON_FORCED: "forced",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How calls that are safe to repeat are retried when the server is UNAVAILABLE.
+
+    Full jitter: attempt n waits a random time in [0, min(max_backoff,
+    initial_backoff * multiplier**n)], so clients that failed together do not
+    come back together. A Watch reconnects until ``watch_give_up`` seconds
+    pass without a message.
+    """
+
+    attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    watch_give_up: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {self.attempts}")
+        if self.initial_backoff <= 0 or self.max_backoff < self.initial_backoff:
+            raise ValueError("backoffs must satisfy 0 < initial_backoff <= max_backoff")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be at least 1, got {self.multiplier}")
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
+        return rand() * ceiling
+
+
+DEFAULT_RETRY = RetryPolicy()
+"""Five attempts, 0.1 s doubling to at most 2 s, full jitter."""
+
+
+def retryable(code: grpc.StatusCode) -> bool:
+    """Only UNAVAILABLE is retried: the call did not reach a server that could act on it,
+    or the server said its store is down and applied nothing."""
+    return code is grpc.StatusCode.UNAVAILABLE
+
+
+def json_payload(payload: Any) -> Any:
+    """``payload`` as plain JSON values; anything JSON cannot hold is written by ``repr``,
+    as the seed's fingerprint did."""
+    return json.loads(json.dumps(payload, default=repr))
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    message = duration_pb2.Duration()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def begin_request(
+    guard: str,
+    *,
+    route: str,
+    payload: Any,
+    idempotency_key: str | None,
+    operation_id: str | None,
+    ttl: float | None,
+    wait: float | None,
+    labels: Mapping[str, str] | None,
+) -> pb.BeginRequest:
+    """A Begin, with a client-made operation_id so that retrying it is safe."""
+    request = pb.BeginRequest(
+        guard=guard,
+        operation_id=operation_id or uuid.uuid4().hex,
+        route=route,
+        labels=dict(labels or {}),
+    )
+    if idempotency_key is not None:
+        if payload is not None:
+            raise ValueError("give payload or idempotency_key, not both")
+        request.idempotency_key = idempotency_key
+    elif payload is not None:
+        value = struct_pb2.Value()
+        json_format.ParseDict(json_payload(payload), value)
+        request.payload.CopyFrom(value)
+    if ttl is not None:
+        request.ttl.CopyFrom(_duration(ttl))
+    if wait is not None:
+        request.wait.CopyFrom(_duration(wait))
+    return request
+
+
+def run_from(message: pb.Run) -> Run:
+    """A Run from its message."""
+    return Run(
+        guard=message.guard,
+        operation_id=message.operation_id,
+        fingerprint=message.fingerprint,
+        fencing_token=message.fencing_token,
+        started_at=message.started_at.ToDatetime(tzinfo=UTC),
+        expires_at=message.expires_at.ToDatetime(tzinfo=UTC),
+        labels=dict(message.labels),
+    )
+
+
+def guard_state(message: pb.GuardState, revision: int = 0, epoch: str = "") -> GuardState:
+    """A GuardState from its message."""
+    return GuardState(
+        guard=message.guard,
+        capacity=message.capacity,
+        holders=tuple(run_from(run) for run in message.holders),
+        queue_length=message.queue_length,
+        revision=revision,
+        epoch=epoch,
+    )
+
+
+def grant_or_raise(response: pb.BeginResponse) -> Grant:
+    """The grant in a Begin response.
+
+    Raises:
+        RunRejected: the response is a rejection.
+    """
+    if response.WhichOneof("outcome") == "granted":
+        return Grant(run=run_from(response.granted.run), lease_token=response.granted.lease_token)
+    rejected = response.rejected
+    reason = _REASONS.get(rejected.reason, "unknown")
+    holders = tuple(run_from(run) for run in rejected.holders)
+    raise RunRejected(
+        reason,
+        rejected.message,
+        holders[0].operation_id if reason == "in_flight" and holders else None,
+        holders=holders,
+        retry_after=rejected.retry_after.ToTimedelta().total_seconds()
+        if rejected.HasField("retry_after")
+        else None,
+        duplicate_of=run_from(rejected.duplicate_of) if rejected.HasField("duplicate_of") else None,
+    )
+
+
+def end_result(response: pb.EndResponse) -> EndResult:
+    """End's result."""
+    return EndResult.ENDED if response.result == pb.END_RESULT_ENDED else EndResult.ALREADY_ENDED
+
+
+def renew_every(grant: Grant) -> float:
+    """How often to renew a lease: a third of its length, so two renewals may fail."""
+    return max(0.05, (grant.run.expires_at - grant.run.started_at).total_seconds() / 3)
+
+
+class WatchCursor:
+    """Where a Watch stream is, so a reconnect loses no change and repeats none.
+
+    Changes of one commit share a revision, so a revision is only *complete*
+    once something later arrives; a reconnect resumes after the last complete
+    revision and skips the changes of the pending one it already delivered.
+    """
+
+    def __init__(self, after_revision: int = 0, epoch: str = "") -> None:
+        self.epoch = epoch
+        self.complete = after_revision
+        self._pending: int | None = None
+        self._seen = 0
+        self._skip = 0
+
+    def request(self, guards: Iterable[str]) -> pb.WatchRequest:
+        """The Watch to send now (the first, or a resume)."""
+        return pb.WatchRequest(guards=list(guards), after_revision=self.complete, epoch=self.epoch)
+
+    def reconnecting(self) -> None:
+        """The stream broke: the resume will replay the pending revision's changes."""
+        self._skip = self._seen if self._pending is not None else 0
+
+    def accept(self, message: pb.WatchResponse) -> WatchEvent | None:
+        """The event a message means, or None for a replayed change already delivered."""
+        kind = message.WhichOneof("event")
+        if kind == "snapshot":
+            self.epoch = message.epoch
+            self.complete, self._pending, self._seen, self._skip = (
+                message.snapshot.revision,
+                None,
+                0,
+                0,
+            )
+            return Snapshot(
+                epoch=message.epoch,
+                revision=message.snapshot.revision,
+                guards=tuple(guard_state(g) for g in message.snapshot.guards),
+                resynced=message.snapshot.resynced,
+            )
+        if kind == "progress":
+            revision = message.progress.revision
+            if self._pending is not None and revision >= self._pending:
+                self._pending, self._seen = None, 0
+            self.complete = max(self.complete, revision)
+            return Progress(epoch=message.epoch, revision=revision)
+        change = message.change
+        if self._skip and change.revision == self._pending:
+            self._skip -= 1
+            return None
+        self._skip = 0
+        if self._pending is not None and change.revision > self._pending:
+            self.complete = self._pending
+            self._pending, self._seen = change.revision, 1
+        elif self._pending == change.revision:
+            self._seen += 1
+        else:
+            self._pending, self._seen = change.revision, 1
+        self.epoch = message.epoch
+        return Change(
+            epoch=message.epoch,
+            revision=change.revision,
+            kind="acquired" if change.kind == pb.CHANGE_KIND_ACQUIRED else "released",
+            run=run_from(change.run),
+            state=guard_state(change.state),
+            reason=_RELEASES.get(change.release_reason),
+        )
+
+
+class Holding:
+    """A slot held inside ``client.run(...)``.
+
+    How the holder learns that it lost the slot (expired, force-ended): the
+    ``lost`` flag turns true at once, the ``on_lost`` callback is called once
+    with the LeaseLost error, and leaving the ``with`` block raises it.
+    """
+
+    def __init__(self, grant: Grant, on_lost: Callable[[LeaseLost], object] | None = None) -> None:
+        self.grant = grant
+        self._on_lost = on_lost
+        self._lock = threading.Lock()
+        self._lost: LeaseLost | None = None
+
+    @property
+    def run(self) -> Run:
+        """The run holding the slot."""
+        return self.grant.run
+
+    @property
+    def lost(self) -> bool:
+        """True once the slot is known to be lost."""
+        return self._lost is not None
+
+    @property
+    def lost_error(self) -> LeaseLost | None:
+        """Why the slot was lost, once it was."""
+        return self._lost
+
+    def check(self) -> None:
+        """Raise LeaseLost if the slot was lost; call it between steps of long work."""
+        if self._lost is not None:
+            raise self._lost
+
+    def lose(self, reason: str) -> None:
+        """Record the loss (first reason wins) and call ``on_lost`` once."""
+        with self._lock:
+            if self._lost is not None:
+                return
+            run = self.grant.run
+            self._lost = LeaseLost(
+                f"run {run.operation_id!r} of guard {run.guard!r} lost its slot: {reason}",
+                guard=run.guard,
+                operation_id=run.operation_id,
+            )
+        if self._on_lost is not None:
+            self._on_lost(self._lost)
+
+    def released(self, event: WatchEvent) -> str | None:
+        """The reason, if a watch event says this run left its slot."""
+        run = self.grant.run
+        if isinstance(event, Change):
+            same = (
+                event.run.operation_id == run.operation_id
+                and event.run.fencing_token == run.fencing_token
+            )
+            return event.reason if same and event.kind == "released" else None
+        if isinstance(event, Snapshot):
+            for state in event.guards:
+                if state.guard == run.guard and not any(
+                    h.fencing_token == run.fencing_token for h in state.holders
+                ):
+                    return "not a holder any more"
+        return None

@@ -1,0 +1,350 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from runguard.client._shared import (
+    DEFAULT_RETRY,
+    DEFAULT_TARGET,
+    Holding,
+    RetryPolicy,
+    WatchCursor,
+    begin_request,
+    end_result,
+    grant_or_raise,
+    guard_state,
+    renew_every,
+    retryable,
+    run_from,
+)
+from runguard.client.errors import LeaseLost, RunGuardError, Unavailable, error_from_status
+from runguard.client.models import EndResult, Grant, GuardState, Run, WatchEvent
+from runguard.v1 import runguard_pb2 as pb
+from runguard.v1 import runguard_pb2_grpc
+
+__all__ = ["Client", "Watch"]
+
+T = TypeVar("T")
+
+
+def _error(error: grpc.RpcError) -> RunGuardError:
+    call: Any = error
+    return error_from_status(call.code(), call.details(), call.trailing_metadata())
+
+
+class Client:
+    """A blocking RunGuard client. Thread-safe; close it (or use ``with``) when done.
+
+    Args:
+        target: host:port of the server.
+        timeout: seconds each call may take (a waiting Begin gets its wait on top).
+        credentials: channel credentials for TLS; None for plaintext.
+        metadata: sent with every call (e.g. an authorization header).
+        retry: how calls safe to repeat are retried on UNAVAILABLE.
+        options: extra grpc channel options.
+        channel: use this channel instead of making one (it is not closed by ``close``).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        retry: RetryPolicy = DEFAULT_RETRY,
+        options: Sequence[tuple[str, Any]] = (),
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.metadata = tuple(metadata)
+        self.retry = retry
+        self._owned = channel is None
+        if channel is None:
+            channel = (
+                grpc.secure_channel(target, credentials, options=list(options))
+                if credentials is not None
+                else grpc.insecure_channel(target, options=list(options))
+            )
+        self._channel = channel
+        self._stub: Any = runguard_pb2_grpc.RunGuardServiceStub(channel)  # type: ignore[no-untyped-call]  # generated
+
+    def close(self) -> None:
+        """Close the channel (if this client made it)."""
+        if self._owned:
+            self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        deadline = timeout if timeout is not None else self.timeout
+        for attempt in range(self.retry.attempts):
+            try:
+                return getattr(self._stub, method)(
+                    request, timeout=deadline, metadata=self.metadata
+                )
+            except grpc.RpcError as error:
+                code = error.code()
+                if not retryable(code) or attempt + 1 == self.retry.attempts:
+                    raise _error(error) from None
+            time.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def begin(
+        self,
+        guard: str = "",
+        *,
+        route: str = "",
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        operation_id: str | None = None,
+        ttl: float | None = None,
+        wait: float | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Grant:
+        """Take a slot of ``guard``.
+
+        Args:
+            guard: the guard's name ("" is "default").
+            route: what is being run; part of the fingerprint.
+            payload: any JSON-able value; equal values are the same submission.
+            idempotency_key: names the submission instead of a payload.
+            operation_id: your name for the run; made here when None, so a retry is safe.
+            ttl: lease length in seconds (the server's max when None).
+            wait: seconds to queue when the guard is full (refuse at once when None).
+            labels: shown to watchers.
+
+        Returns:
+            The grant: the run and its lease token.
+
+        Raises:
+            RunRejected: the slot was refused; ``reason`` says why.
+            InvalidArgument: a field broke a limit (``violations`` names it).
+            Unavailable: the server stayed unreachable through the retries.
+        """
+        request = begin_request(
+            guard,
+            route=route,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            operation_id=operation_id,
+            ttl=ttl,
+            wait=wait,
+            labels=labels,
+        )
+        timeout = None if self.timeout is None else self.timeout + (wait or 0)
+        return grant_or_raise(self._call("Begin", request, timeout))
+
+    def end(
+        self, guard: str, operation_id: str, lease_token: str = "", *, force: bool = False
+    ) -> EndResult:
+        """Give a slot back; idempotent (ALREADY_ENDED when it was gone).
+
+        Raises:
+            PermissionDenied: the lease token is not the run's.
+        """
+        request = pb.EndRequest(
+            guard=guard, operation_id=operation_id, lease_token=lease_token, force=force
+        )
+        return end_result(self._call("End", request))
+
+    def end_grant(self, grant: Grant) -> EndResult:
+        """End the run of a grant."""
+        return self.end(grant.run.guard, grant.run.operation_id, grant.lease_token)
+
+    def keep_alive(
+        self, guard: str, operation_id: str, lease_token: str, *, ttl: float | None = None
+    ) -> Run:
+        """Extend a lease; returns the run with its new ``expires_at``.
+
+        Raises:
+            LeaseLost: the run holds no slot any more; stop working.
+        """
+        request = pb.KeepAliveRequest(
+            guard=guard, operation_id=operation_id, lease_token=lease_token
+        )
+        if ttl is not None:
+            request.ttl.FromNanoseconds(round(ttl * 1e9))
+        try:
+            return run_from(self._call("KeepAlive", request).run)
+        except LeaseLost as error:
+            raise LeaseLost(error.message, guard=guard, operation_id=operation_id) from None
+
+    def current(self, guard: str = "") -> GuardState:
+        """A guard's holders, capacity and queue length."""
+        reply = self._call("Current", pb.CurrentRequest(guard=guard))
+        return guard_state(reply.state, reply.revision, reply.epoch)
+
+    def watch(
+        self,
+        guards: Iterable[str] = (),
+        *,
+        after_revision: int = 0,
+        epoch: str = "",
+    ) -> Watch:
+        """Snapshots and changes of ``guards`` (every guard when empty), reconnecting by itself.
+
+        A reconnect resumes after the last revision seen, so no change is lost or
+        repeated; when the server cannot replay (history gone, store restarted) the
+        iterator yields a Snapshot with ``resynced`` set. Close it to stop.
+        """
+        return Watch(self, list(guards), WatchCursor(after_revision, epoch))
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        guard: str = "",
+        *,
+        route: str = "",
+        payload: Any = None,
+        idempotency_key: str | None = None,
+        operation_id: str | None = None,
+        ttl: float | None = None,
+        wait: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        on_lost: Callable[[LeaseLost], object] | None = None,
+    ) -> Iterator[Holding]:
+        """Hold a slot for the ``with`` block: Begin, renew in the background, End on exit.
+
+        The lease is renewed every third of its length, and a Watch on the guard
+        reports a loss the moment the server frees the slot. When the slot is
+        lost, ``holding.lost`` turns true, ``on_lost`` is called, and leaving the
+        block raises LeaseLost (unless the block raised first).
+
+        Raises:
+            RunRejected: the slot was refused (the block does not run).
+            LeaseLost: on exit, if the slot was lost while the block ran.
+        """
+        grant = self.begin(
+            guard,
+            route=route,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            operation_id=operation_id,
+            ttl=ttl,
+            wait=wait,
+            labels=labels,
+        )
+        holding = Holding(grant, on_lost)
+        stop = threading.Event()
+        watch = self.watch([grant.run.guard])
+        threads = [
+            threading.Thread(target=self._renew, args=(holding, stop), daemon=True),
+            threading.Thread(target=self._follow, args=(holding, watch), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+
+        def release() -> None:
+            stop.set()
+            watch.close()
+            for thread in threads:
+                thread.join()
+            if not holding.lost:
+                self.end_grant(grant)
+
+        try:
+            yield holding
+        except BaseException:
+            with contextlib.suppress(RunGuardError):  # the block's own error wins
+                release()
+            raise
+        release()
+        holding.check()
+
+    def _renew(self, holding: Holding, stop: threading.Event) -> None:
+        grant = holding.grant
+        expires = grant.run.expires_at.timestamp()
+        while not stop.wait(renew_every(grant)):
+            try:
+                expires = self.keep_alive(
+                    grant.run.guard, grant.run.operation_id, grant.lease_token
+                ).expires_at.timestamp()
+            except LeaseLost as error:
+                holding.lose(error.message)
+                return
+            except RunGuardError as error:
+                if time.time() >= expires:
+                    holding.lose(f"the lease lapsed while renewing failed: {error.message}")
+                    return
+
+    def _follow(self, holding: Holding, watch: Watch) -> None:
+        try:
+            for event in watch:
+                reason = holding.released(event)
+                if reason is not None:
+                    holding.lose(reason)
+                    return
+        except RunGuardError:
+            pass  # the renewals still guard the lease
+
+
+class Watch(Iterator[WatchEvent]):
+    """A reconnecting Watch stream (see ``Client.watch``); ``close()`` ends it."""
+
+    def __init__(self, client: Client, guards: list[str], cursor: WatchCursor) -> None:
+        self._client = client
+        self._guards = guards
+        self.cursor = cursor
+        self._call: Any = None
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        failures = 0
+        quiet_since = time.monotonic()
+        while not self._closed.is_set():
+            if self._call is None:
+                self._call = self._client._stub.Watch(
+                    self.cursor.request(self._guards), metadata=self._client.metadata
+                )
+            try:
+                message = next(self._call)
+            except StopIteration:
+                error_code = grpc.StatusCode.UNAVAILABLE  # a stream must not end: resume
+                error: grpc.RpcError | None = None
+            except grpc.RpcError as caught:
+                error_code, error = caught.code(), caught
+            else:
+                event = self.cursor.accept(message)
+                if event is not None:
+                    return event
+                continue
+            if self._closed.is_set():
+                break
+            if not retryable(error_code) or (
+                time.monotonic() - quiet_since > self._client.retry.watch_give_up
+            ):
+                if error is None:
+                    raise Unavailable("the Watch stream ended")
+                raise _error(error) from None
+            self._call = None
+            self.cursor.reconnecting()
+            self._closed.wait(self._client.retry.delay(failures))
+            failures += 1
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the stream; a blocked ``next`` ends with StopIteration."""
+        self._closed.set()
+        if self._call is not None:
+            self._call.cancel()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

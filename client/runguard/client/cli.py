@@ -1,0 +1,287 @@
+"""The client verbs of the ``runguard`` command: begin, end, keepalive, current, watch, run.
+
+Exit codes: 0 done (granted, ended, ...); 75 refused (a rejected Begin, a lost
+lease: try again later); 1 a fault (bad request, wrong token, server
+unreachable); 2 bad usage. ``runguard run`` passes its command's exit code
+through once it ran. ``--json`` prints one JSON object per line for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from runguard.client._shared import DEFAULT_TARGET
+from runguard.client._sync import Client
+from runguard.client.errors import InvalidArgument, LeaseLost, RunGuardError, RunRejected
+from runguard.client.models import Change, GuardState, Progress, Run, Snapshot, WatchEvent
+
+__all__ = ["EXIT_FAULT", "EXIT_REFUSED", "VERBS", "add_verbs", "run_verb", "split_command"]
+
+EXIT_FAULT = 1
+EXIT_REFUSED = 75  # EX_TEMPFAIL: refused for now, try again later
+VERBS = ("begin", "end", "keepalive", "current", "watch", "run")
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+
+
+def add_verbs(verbs: Any) -> None:
+    """Add the client verbs to the ``runguard`` command's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--target",
+        default=os.environ.get("RUNGUARD_TARGET", DEFAULT_TARGET),
+        help="host:port of the server (RUNGUARD_TARGET, 127.0.0.1:50051)",
+    )
+    common.add_argument("--timeout", type=float, default=10.0, help="seconds per call (10)")
+    common.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    submission = argparse.ArgumentParser(add_help=False)
+    submission.add_argument("--route", default="", help="what is run; part of the fingerprint")
+    what = submission.add_mutually_exclusive_group()
+    what.add_argument("--payload", type=_json_value, help="the submission as JSON")
+    what.add_argument("--key", help="an idempotency key instead of a payload")
+    submission.add_argument("--operation-id", help="your name for the run (made when absent)")
+    submission.add_argument("--wait", type=float, help="seconds to queue when the guard is full")
+    submission.add_argument(
+        "--label", action="append", type=_label, default=[], metavar="KEY=VALUE"
+    )
+
+    begin = verbs.add_parser("begin", parents=[common, submission], help="take a slot")
+    begin.add_argument("guard", nargs="?", default="")
+    begin.add_argument("--ttl", type=float, help="lease seconds (the server's max)")
+
+    for name, helptext in (("end", "give a slot back"), ("keepalive", "extend a lease")):
+        verb = verbs.add_parser(name, parents=[common], help=helptext)
+        verb.add_argument("guard")
+        verb.add_argument("operation_id")
+        verb.add_argument("--token", default="", help="the lease token from begin")
+        if name == "end":
+            verb.add_argument("--force", action="store_true", help="free without the token")
+        else:
+            verb.add_argument("--ttl", type=float, help="new lease seconds")
+
+    current = verbs.add_parser("current", parents=[common], help="show a guard's holders")
+    current.add_argument("guard", nargs="?", default="")
+
+    watch = verbs.add_parser("watch", parents=[common], help="print slot changes as they happen")
+    watch.add_argument("guards", nargs="*", help="guards to watch (every guard when none)")
+
+    run = verbs.add_parser(
+        "run",
+        parents=[common, submission],
+        help="hold a slot while a command runs: runguard run GUARD -- CMD ARGS...",
+    )
+    run.add_argument("guard")
+    run.add_argument("--ttl", type=float, default=30.0, help="lease seconds, renewed (30)")
+    run.set_defaults(command=[])  # what follows "--", split off by split_command
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``runguard run ... -- CMD ARGS`` into the runguard arguments and the command."""
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1 :]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _emit(as_json: bool, text: str, data: dict[str, Any]) -> None:
+    print(json.dumps(data, sort_keys=True) if as_json else text, flush=True)
+
+
+def _run_text(run: Run) -> str:
+    return (
+        f"{run.guard} {run.operation_id} fencing={run.fencing_token} "
+        f"expires={run.expires_at.isoformat(timespec='seconds')}"
+    )
+
+
+def _state_text(state: GuardState) -> str:
+    lines = [
+        f"{state.guard}: {len(state.holders)}/{state.capacity} held, {state.queue_length} queued"
+    ]
+    lines += [f"  {_run_text(run)}" for run in state.holders]
+    return "\n".join(lines)
+
+
+def _event_text(event: WatchEvent) -> str:
+    if isinstance(event, Snapshot):
+        head = f"snapshot rev={event.revision}" + (" (resynced)" if event.resynced else "")
+        return "\n".join([head, *(_state_text(state) for state in event.guards)])
+    if isinstance(event, Progress):
+        return f"progress rev={event.revision}"
+    how = f" ({event.reason})" if event.reason else ""
+    return f"rev={event.revision} {event.kind}{how} {_run_text(event.run)}"
+
+
+def _event_json(event: WatchEvent) -> dict[str, Any]:
+    kind = {Snapshot: "snapshot", Change: "change", Progress: "progress"}[type(event)]
+    return {"event": kind, **_plain(event)}
+
+
+def _refused(args: argparse.Namespace, error: RunGuardError) -> int:
+    data: dict[str, Any] = {"outcome": "refused", "message": error.message}
+    if isinstance(error, RunRejected):
+        data.update(reason=error.reason, holders=_plain(error.holders))
+        if error.retry_after is not None:
+            data["retry_after"] = error.retry_after
+        text = f"rejected {error.reason}: {error.message}"
+    else:
+        text = f"lease lost: {error.message}"
+    _emit(args.json, text, data)
+    return EXIT_REFUSED
+
+
+def _begin(client: Client, args: argparse.Namespace) -> int:
+    grant = client.begin(
+        args.guard,
+        route=args.route,
+        payload=args.payload,
+        idempotency_key=args.key,
+        operation_id=args.operation_id,
+        ttl=args.ttl,
+        wait=args.wait,
+        labels=dict(args.label),
+    )
+    _emit(
+        args.json,
+        f"granted {_run_text(grant.run)}\nlease_token={grant.lease_token}",
+        {"outcome": "granted", "run": _plain(grant.run), "lease_token": grant.lease_token},
+    )
+    return 0
+
+
+def _end(client: Client, args: argparse.Namespace) -> int:
+    result = client.end(args.guard, args.operation_id, args.token, force=args.force)
+    _emit(args.json, result.value.replace("_", " "), {"result": result.value})
+    return 0
+
+
+def _keepalive(client: Client, args: argparse.Namespace) -> int:
+    run = client.keep_alive(args.guard, args.operation_id, args.token, ttl=args.ttl)
+    _emit(args.json, f"renewed {_run_text(run)}", {"run": _plain(run)})
+    return 0
+
+
+def _current(client: Client, args: argparse.Namespace) -> int:
+    state = client.current(args.guard)
+    _emit(args.json, _state_text(state), _plain(state))
+    return 0
+
+
+def _watch(client: Client, args: argparse.Namespace) -> int:
+    with client.watch(args.guards) as stream:
+        for event in stream:
+            _emit(args.json, _event_text(event), _event_json(event))
+    return 0
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    command = args.command
+    if not command:
+        print("runguard run: give the command after --", file=sys.stderr)
+        return 2
+    child: list[subprocess.Popen[bytes]] = []
+    started = threading.Event()
+
+    def stop_child(error: LeaseLost) -> None:
+        print(f"runguard run: {error.message}; stopping the command", file=sys.stderr)
+        started.wait()
+        child[0].terminate()
+
+    payload = args.payload if args.payload is not None or args.key else command
+    with client.run(
+        args.guard,
+        route=args.route or "runguard run",
+        payload=payload,
+        idempotency_key=args.key,
+        operation_id=args.operation_id,
+        ttl=args.ttl,
+        wait=args.wait,
+        labels=dict(args.label),
+        on_lost=stop_child,
+    ) as holding:
+        child.append(subprocess.Popen(command))
+        started.set()
+        forward = _forward_signals(child[0])
+        try:
+            code = child[0].wait()
+        finally:
+            forward()
+        if holding.lost:
+            return EXIT_REFUSED
+    return code
+
+
+def _forward_signals(process: subprocess.Popen[bytes]) -> Callable[[], None]:
+    """Pass SIGTERM and SIGINT on to the command; returns how to undo it."""
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, lambda n, _f: process.send_signal(n))
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
+
+
+_HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "begin": _begin,
+    "end": _end,
+    "keepalive": _keepalive,
+    "current": _current,
+    "watch": _watch,
+    "run": _run,
+}
+
+
+def run_verb(args: argparse.Namespace) -> int:
+    """Run a client verb parsed by the ``runguard`` parser; returns the exit code."""
+    try:
+        with Client(args.target, timeout=args.timeout) as client:
+            return _HANDLERS[args.verb](client, args)
+    except (RunRejected, LeaseLost) as error:
+        return _refused(args, error)
+    except InvalidArgument as error:
+        fields = "; ".join(f"{field}: {text}" for field, text in error.violations)
+        print(f"runguard {args.verb}: invalid: {fields or error.message}", file=sys.stderr)
+        return EXIT_FAULT
+    except RunGuardError as error:
+        print(f"runguard {args.verb}: {type(error).__name__}: {error.message}", file=sys.stderr)
+        return EXIT_FAULT
+    except KeyboardInterrupt:
+        return 130
