@@ -24,7 +24,7 @@ from runguard.client._shared import (
     run_from,
 )
 from runguard.client.errors import LeaseLost, RunGuardError, Unavailable, error_from_status
-from runguard.client.models import EndResult, Grant, GuardState, Run, WatchEvent
+from runguard.client.models import EndResult, Grant, GuardState, Run, Snapshot, WatchEvent
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
 
@@ -276,16 +276,25 @@ class Client:
                 return
             except RunGuardError as error:
                 if time.time() >= expires:
-                    holding.lose(f"the lease lapsed while renewing failed: {error.message}")
+                    holding.lose(f"the lease expired while renewals failed: {error.message}")
                     return
 
     def _follow(self, holding: Holding, watch: Watch) -> None:
         try:
             for event in watch:
                 reason = holding.released(event)
-                if reason is not None:
-                    holding.lose(reason)
-                    return
+                if reason is None:
+                    continue
+                if isinstance(event, Snapshot):
+                    # Gone before the watch began: ask the server how.
+                    run = holding.run
+                    try:
+                        self.keep_alive(run.guard, run.operation_id, holding.grant.lease_token)
+                        continue
+                    except LeaseLost as error:
+                        reason = error.message
+                holding.lose(reason)
+                return
         except RunGuardError:
             pass  # the renewals still guard the lease
 
@@ -298,6 +307,8 @@ class Watch(Iterator[WatchEvent]):
         self._guards = guards
         self.cursor = cursor
         self._call: Any = None
+        self.reconnects = 0
+        """How many times the stream was resumed after it broke."""
         self._closed = threading.Event()
 
     def __iter__(self) -> Watch:
@@ -332,6 +343,7 @@ class Watch(Iterator[WatchEvent]):
                     raise Unavailable("the Watch stream ended")
                 raise _error(error) from None
             self._call = None
+            self.reconnects += 1
             self.cursor.reconnecting()
             self._closed.wait(self._client.retry.delay(failures))
             failures += 1

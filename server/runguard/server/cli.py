@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-connection-age", type=float, help="close connections after this many seconds"
     )
+    serve.add_argument(
+        "--max-connection-age-grace", type=float, help="seconds calls get after that (30)"
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     health = verbs.add_parser("health", help="exit 0 if a server reports SERVING (for probes)")
     health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
@@ -99,6 +102,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
     pick("progress_interval", args.progress_interval)
     pick("shutdown_grace", args.shutdown_grace)
     pick("max_connection_age", args.max_connection_age)
+    pick("max_connection_age_grace", args.max_connection_age_grace)
     values["capacities"] = dict(args.guard)
     return ServerConfig(**values)  # type: ignore[arg-type]  # keys are ServerConfig's fields
 

@@ -5,6 +5,7 @@ Nothing here reads the environment; ``runguard.server.cli`` does, once.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,8 +23,13 @@ GUARD_PATTERN = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
 
 
 def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def _not_negative(name: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,8 +94,7 @@ class ServerConfig:
             if capacity < 1:
                 raise ValueError(f"capacities: {guard} must be at least 1, got {capacity}")
         object.__setattr__(self, "capacities", MappingProxyType(dict(self.capacities)))
-        if self.dedup_window < 0:
-            raise ValueError(f"dedup_window must not be negative, got {self.dedup_window!r}")
+        _not_negative("dedup_window", self.dedup_window)
         for name in (
             "max_ttl",
             "max_wait",
@@ -99,8 +104,8 @@ class ServerConfig:
             "min_client_ping_interval",
         ):
             _positive(name, getattr(self, name))
-        if self.shutdown_grace < 0:
-            raise ValueError(f"shutdown_grace must not be negative, got {self.shutdown_grace!r}")
+        _not_negative("shutdown_grace", self.shutdown_grace)
+        _not_negative("max_connection_age_grace", self.max_connection_age_grace)
         if self.max_connection_age is not None:
             _positive("max_connection_age", self.max_connection_age)
         for name in ("history", "watch_buffer", "max_pending_requests"):

@@ -106,7 +106,8 @@ class Hub:
         """
         if self._closed:
             raise ShuttingDown("server shutting down; reconnect")
-        watcher = _Watcher(frozenset(guards) if guards else None, self._config.watch_buffer)
+        guards = list(guards) if guards else None
+        watcher = _Watcher(None if guards is None else frozenset(guards), self._config.watch_buffer)
         self._watchers.add(watcher)
         try:
             missed = None
@@ -128,7 +129,10 @@ class Hub:
                     try:
                         await asyncio.wait_for(watcher.wake.wait(), self._config.progress_interval)
                     except TimeoutError:
-                        yield Progress(max(base, self._published))
+                        # The feed may have published while the timeout unwound:
+                        # a heartbeat must never pass a change it has not sent.
+                        if not watcher.buffer and not watcher.overflowed:
+                            yield Progress(max(base, self._published))
                         continue
                 if self._closed:
                     raise ShuttingDown("server shutting down; reconnect")

@@ -2,7 +2,7 @@
 
 Each ``parse_*`` function turns a request into plain validated values or
 raises :class:`InvalidArgument` listing one violation per bad field (field
-names as in the proto, nested ones dotted: ``labels.color``).
+names as in the proto; a map entry or list item as ``labels['color']``, ``guards[1]``).
 """
 
 from __future__ import annotations
@@ -127,9 +127,10 @@ class _Checker:
 
 
 def _json(value: struct_pb2.Value, depth: int) -> JSONValue:
-    if depth > PAYLOAD_MAX_DEPTH:
-        raise ValueError(f"must be at most {PAYLOAD_MAX_DEPTH} levels deep")
+    """``value`` as plain JSON; ``depth`` is how many lists and objects enclose it."""
     kind = value.WhichOneof("kind")
+    if kind in ("list_value", "struct_value") and depth >= PAYLOAD_MAX_DEPTH:
+        raise ValueError(f"must be at most {PAYLOAD_MAX_DEPTH} levels deep")
     if kind == "null_value":
         return None
     if kind == "bool_value":
