@@ -273,6 +273,11 @@ class AsyncWatch:
                 message = await self._call.read()
             except grpc.aio.AioRpcError as caught:
                 error = caught
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closed and task is not None and not task.cancelling():
+                    break  # our own aclose() cancelled the call, not the caller's task
+                raise
             else:
                 if message is not grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from grpc-stubs
                     event = self.cursor.accept(message)

@@ -110,11 +110,14 @@ class Hub:
         watcher = _Watcher(None if guards is None else frozenset(guards), self._config.watch_buffer)
         self._watchers.add(watcher)
         try:
+            # A resume names its epoch; without one only a fresh start (revision 0)
+            # is trusted, anything else cannot be checked and is resynced.
+            resuming = bool(epoch) or after_revision > 0
             missed = None
-            if after_revision > 0 and epoch == self._store.epoch:
+            if resuming and epoch == self._store.epoch:
                 missed = await self._store.changes_since(after_revision)
             if missed is None:
-                snapshot = await self._snapshot(guards, resynced=after_revision > 0)
+                snapshot = await self._snapshot(guards, resynced=resuming)
                 base = snapshot.revision
                 yield snapshot
             else:
