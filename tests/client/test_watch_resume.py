@@ -105,6 +105,14 @@ async def test_connection_age_cutoffs_lose_and_repeat_nothing(
     assert [c.revision for c in changes] == sorted(c.revision for c in changes)
 
 
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
 def _change(
     revision: int, operation_id: str, kind: int = pb.CHANGE_KIND_ACQUIRED
 ) -> pb.WatchResponse:
