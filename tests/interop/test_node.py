@@ -1,0 +1,133 @@
+"""A Node.js client (@grpc/grpc-js + @grpc/proto-loader) against a real ``runguard serve``.
+
+``node/client.mjs`` is built only from the contract (it loads
+``protos/runguard/v1/runguard.proto`` at run time) and prints one JSON line per step.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format, struct_pb2
+from runguard.v1 import runguard_pb2 as pb
+from runguard.v1 import runguard_pb2_grpc
+
+pytestmark = pytest.mark.interop
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+CLIENT = NODE_DIR / "client.mjs"
+
+
+@pytest.fixture
+def node_client() -> Callable[..., list[dict[str, Any]]]:
+    """Runs ``node client.mjs ARGS`` to its JSON lines; fails if Node or its packages are absent."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH: install Node.js 20 or newer to run the interop tests")
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.fail(
+            "tests/interop/node/node_modules is missing: run scripts/bootstrap "
+            "(it runs `npm ci` in tests/interop/node)"
+        )
+
+    def run(*args: str) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [node, str(CLIENT), *args],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, f"node client failed:\n{done.stdout}\n{done.stderr}"
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    return run
+
+
+def by_step(lines: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The client's lines keyed by their ``step``."""
+    return {line["step"]: line for line in lines}
+
+
+def test_node_client_runs_begin_reject_watch_end(
+    served: Callable[..., Any], node_client: Callable[..., list[dict[str, Any]]]
+) -> None:
+    """A grpc-js client is granted, refused IN_FLIGHT with the holder, and watches its End."""
+    server = served()
+
+    lines = node_client(server.address)
+
+    steps = by_step(lines)
+    assert [line["step"] for line in lines] == [
+        "begin",
+        "second_begin",
+        "watch_snapshot",
+        "end",
+        "watch_released",
+        "end_again",
+    ]
+    begin = steps["begin"]
+    assert begin["outcome"] == "granted"
+    assert begin["has_lease_token"] is True
+    assert begin["operation_id"] == "node-holder"
+    assert int(begin["fencing_token"]) > 0
+    assert steps["second_begin"] == {
+        "step": "second_begin",
+        "outcome": "rejected",
+        "reason": "REJECTION_REASON_IN_FLIGHT",
+        "holders": ["node-holder"],
+        "duplicate_of": None,
+    }
+    assert steps["watch_snapshot"]["guards"] == [
+        {"guard": begin["guard"], "holders": ["node-holder"]}
+    ]
+    assert steps["end"]["result"] == "END_RESULT_ENDED"
+    assert steps["watch_released"] == {
+        "step": "watch_released",
+        "kind": "CHANGE_KIND_RELEASED",
+        "release_reason": "RELEASE_REASON_ENDED",
+        "operation_id": "node-holder",
+        "holders_after": [],
+        "seen": ["SNAPSHOT", "CHANGE_KIND_RELEASED"],
+    }
+    assert steps["end_again"]["result"] == "END_RESULT_ALREADY_ENDED"
+
+
+def test_equal_json_from_python_and_node_is_one_submission(
+    served: Callable[..., Any], node_client: Callable[..., list[dict[str, Any]]]
+) -> None:
+    """Node's reordered payload spelled with 1.0 is a DUPLICATE of Python's, same fingerprint."""
+    server = served("--dedup-window", "60")
+    route = "/interop/fingerprint"
+    node_payload = '{"b":[1.0,2],"a":1}'  # the text Node parses: other key order, 1.0
+    payload = struct_pb2.Value()
+    json_format.ParseDict({"a": 1, "b": [1, 2]}, payload)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        begun = stub.Begin(pb.BeginRequest(guard="fp", route=route, payload=payload), timeout=10)
+        run = begun.granted.run
+        ended = stub.End(
+            pb.EndRequest(
+                guard="fp", operation_id=run.operation_id, lease_token=begun.granted.lease_token
+            ),
+            timeout=10,
+        )
+        assert ended.result == pb.END_RESULT_ENDED
+
+    [line] = node_client(server.address, "begin", "fp", route, node_payload)
+
+    assert line["outcome"] == "rejected"
+    assert line["reason"] == "REJECTION_REASON_DUPLICATE"
+    assert line["duplicate_of"] == {
+        "operation_id": run.operation_id,
+        "fingerprint": run.fingerprint,
+    }
+    assert line["local_fingerprint"] == run.fingerprint
