@@ -1,0 +1,42 @@
+# RunGuard's server image.
+#   docker build -t runguard .
+#   docker run --rm -p 50051:50051 runguard
+# Stage 1 installs the dependencies into a virtualenv, in a layer of their own that is
+# rebuilt only when pyproject.toml changes, and then RunGuard itself. Stage 2 copies
+# that virtualenv onto the same base image and runs it as an unprivileged user.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/runguard
+ENV PATH=/opt/runguard/bin:$PATH
+WORKDIR /src
+
+# The dependencies, read from pyproject.toml alone.
+COPY pyproject.toml ./
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > requirements.txt \
+    && pip install -r requirements.txt
+
+# The code. The generated stubs are committed, so nothing is generated here.
+COPY README.md ./
+COPY server/ server/
+COPY client/ client/
+RUN pip install --no-deps . \
+    && runguard --help > /dev/null
+
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/runguard/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --gid 10001 runguard \
+    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin runguard
+COPY --from=builder /opt/runguard /opt/runguard
+# Numeric, so that a runtime can check that it is not root.
+USER 10001:10001
+EXPOSE 50051
+HEALTHCHECK CMD ["runguard", "health", "--target", "127.0.0.1:50051"]
+# SIGTERM (docker stop) drains; a second signal exits at once.
+CMD ["runguard", "serve", "--listen", "0.0.0.0:50051"]
