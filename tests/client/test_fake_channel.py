@@ -210,6 +210,24 @@ def test_unavailable_is_retried_with_the_same_request(fake: Any, client: Client)
     assert second == first
 
 
+@pytest.mark.parametrize(
+    ("failures", "replayed"),
+    [pytest.param(0, True, id="first-attempt"), pytest.param(1, False, id="own-retry")],
+)
+def test_a_replayed_grant_is_flagged_unless_it_answers_our_own_retry(
+    fake: Any, client: Client, failures: int, replayed: bool
+) -> None:
+    """Grant.replayed says someone else's Begin got this run first, not our own resend."""
+    pending = in_background(lambda: client.begin("g", route="/r", operation_id="op-1"))
+    for _ in range(failures):
+        _, rpc = take(fake, "Begin")
+        rpc.terminate(None, (), grpc.StatusCode.UNAVAILABLE, "down")
+    _, rpc = take(fake, "Begin")
+    answer = pb.Granted(run=_run(), lease_token="t", replayed=True)
+    rpc.terminate(pb.BeginResponse(granted=answer), (), grpc.StatusCode.OK, "")
+    assert pending.result(5).replayed is replayed
+
+
 def test_other_failures_are_not_retried(fake: Any, client: Client) -> None:
     """PERMISSION_DENIED is final: one call, no retry."""
     pending = in_background(lambda: client.keep_alive("g", "op", "wrong"))

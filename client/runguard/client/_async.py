@@ -80,12 +80,17 @@ class AsyncClient:
         await self.aclose()
 
     async def _call(self, method: str, request: Any, deadline: float | None = None) -> Any:
+        return (await self._attempts(method, request, deadline))[0]
+
+    async def _attempts(self, method: str, request: Any, deadline: float | None) -> tuple[Any, int]:
+        """The reply, and how many times the request was sent to get it."""
         deadline = deadline if deadline is not None else self.timeout
         for attempt in range(self.retry.attempts):
             try:
-                return await getattr(self._stub, method)(
+                reply = await getattr(self._stub, method)(
                     request, timeout=deadline, metadata=self.metadata
                 )
+                return reply, attempt + 1
             except grpc.aio.AioRpcError as error:
                 if not retryable(error.code()) or attempt + 1 == self.retry.attempts:
                     raise _error(error) from None
@@ -116,7 +121,8 @@ class AsyncClient:
             labels=labels,
         )
         timeout = None if self.timeout is None else self.timeout + (wait or 0)
-        return grant_or_raise(await self._call("Begin", request, timeout))
+        reply, sent = await self._attempts("Begin", request, timeout)
+        return grant_or_raise(reply, retried=sent > 1)
 
     async def end(
         self, guard: str, operation_id: str, lease_token: str = "", *, force: bool = False

@@ -26,6 +26,7 @@ from runguard.client.models import (
     Snapshot,
     WatchEvent,
 )
+from runguard.server.core.fingerprint import canonical_json
 from runguard.v1 import runguard_pb2 as pb
 
 __all__ = [
@@ -100,9 +101,15 @@ def retryable(code: grpc.StatusCode) -> bool:
 
 
 def json_payload(payload: Any) -> Any:
-    """``payload`` as plain JSON values; anything JSON cannot hold is written by ``repr``,
-    as the seed's fingerprint did."""
-    return json.loads(json.dumps(payload, default=repr))
+    """``payload`` as plain JSON values. What JSON cannot hold is written by ``repr``, as
+    the seed's fingerprint did: unknown types inside the payload, or the whole payload
+    when it has NaN, infinities, non-string keys, cycles or numbers beyond a double."""
+    try:
+        plain = json.loads(json.dumps(payload, default=repr, allow_nan=False))
+        canonical_json(plain)  # refuses what a protobuf Value cannot carry
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return repr(payload)
+    return plain
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -169,14 +176,20 @@ def guard_state(message: pb.GuardState, revision: int = 0, epoch: str = "") -> G
     )
 
 
-def grant_or_raise(response: pb.BeginResponse) -> Grant:
-    """The grant in a Begin response.
+def grant_or_raise(response: pb.BeginResponse, *, retried: bool = False) -> Grant:
+    """The grant in a Begin response; ``retried``: the client sent this Begin more than
+    once, so a replayed grant is its own earlier one, not somebody else's.
 
     Raises:
         RunRejected: the response is a rejection.
     """
     if response.WhichOneof("outcome") == "granted":
-        return Grant(run=run_from(response.granted.run), lease_token=response.granted.lease_token)
+        granted = response.granted
+        return Grant(
+            run=run_from(granted.run),
+            lease_token=granted.lease_token,
+            replayed=granted.replayed and not retried,
+        )
     rejected = response.rejected
     reason = _REASONS.get(rejected.reason, "unknown")
     holders = tuple(run_from(run) for run in rejected.holders)
@@ -239,7 +252,10 @@ class WatchCursor:
             return Snapshot(
                 epoch=message.epoch,
                 revision=message.snapshot.revision,
-                guards=tuple(guard_state(g) for g in message.snapshot.guards),
+                guards=tuple(
+                    guard_state(g, message.snapshot.revision, message.epoch)
+                    for g in message.snapshot.guards
+                ),
                 resynced=message.snapshot.resynced,
             )
         if kind == "progress":
@@ -266,7 +282,7 @@ class WatchCursor:
             revision=change.revision,
             kind="acquired" if change.kind == pb.CHANGE_KIND_ACQUIRED else "released",
             run=run_from(change.run),
-            state=guard_state(change.state),
+            state=guard_state(change.state, change.revision, message.epoch),
             reason=_RELEASES.get(change.release_reason),
         )
 

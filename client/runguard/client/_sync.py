@@ -88,12 +88,17 @@ class Client:
         self.close()
 
     def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        return self._attempts(method, request, timeout)[0]
+
+    def _attempts(self, method: str, request: Any, timeout: float | None) -> tuple[Any, int]:
+        """The reply, and how many times the request was sent to get it."""
         deadline = timeout if timeout is not None else self.timeout
         for attempt in range(self.retry.attempts):
             try:
-                return getattr(self._stub, method)(
+                reply = getattr(self._stub, method)(
                     request, timeout=deadline, metadata=self.metadata
                 )
+                return reply, attempt + 1
             except grpc.RpcError as error:
                 code = error.code()
                 if not retryable(code) or attempt + 1 == self.retry.attempts:
@@ -144,7 +149,8 @@ class Client:
             labels=labels,
         )
         timeout = None if self.timeout is None else self.timeout + (wait or 0)
-        return grant_or_raise(self._call("Begin", request, timeout))
+        reply, sent = self._attempts("Begin", request, timeout)
+        return grant_or_raise(reply, retried=sent > 1)
 
     def end(
         self, guard: str, operation_id: str, lease_token: str = "", *, force: bool = False

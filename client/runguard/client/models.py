@@ -38,6 +38,8 @@ class Grant:
 
     run: Run
     lease_token: str
+    replayed: bool = False
+    """The run held the slot before this call (a repeated Begin); see the proto."""
 
 
 class EndResult(enum.Enum):

@@ -33,7 +33,7 @@ from typing import Optional  # the seed's own signatures
 
 from runguard.client._shared import DEFAULT_TARGET, json_payload
 from runguard.client._sync import Client
-from runguard.client.errors import RunRejected
+from runguard.client.errors import AlreadyExists, RunRejected
 from runguard.server.core.fingerprint import fingerprint as _canonical_fingerprint
 
 __all__ = [
@@ -82,7 +82,27 @@ def begin_run(operation_id: str, route: str, payload: object) -> _ActiveRun:
     same payload was just submitted within the dedup window.
     """
     client, guard = _connection()
-    grant = client.begin(guard, route=route, payload=payload, operation_id=operation_id)
+    with _lock:
+        mine = operation_id in _tokens
+    try:
+        grant = (
+            None
+            if mine
+            else client.begin(guard, route=route, payload=payload, operation_id=operation_id)
+        )
+    except AlreadyExists:
+        grant = None
+    if grant is None or grant.replayed:
+        # The seed's slot was taken by that operation_id already: another
+        # caller's run, which this caller must neither share nor end.
+        raise RunRejected(
+            reason="in_flight",
+            message=(
+                f"Another generation is already running (operation_id={operation_id}). "
+                "Cancel it first or wait for it to finish."
+            ),
+            operation_id=operation_id,
+        )
     with _lock:
         _tokens[operation_id] = grant.lease_token
     return _ActiveRun(
@@ -95,11 +115,13 @@ def begin_run(operation_id: str, route: str, payload: object) -> _ActiveRun:
 def end_run(operation_id: str) -> None:
     """Release the slot. Idempotent — safe to call from a ``finally`` block."""
     with _lock:
-        token = _tokens.pop(operation_id, None)
+        token = _tokens.get(operation_id)
     if token is None:
         return  # not ours (or already ended): the seed changed nothing either
     client, guard = _connection()
     client.end(guard, operation_id, token)
+    with _lock:  # only once End got through, so a failed end_run can be repeated
+        _tokens.pop(operation_id, None)
 
 
 def current_run() -> Optional[str]:  # noqa: UP045  # the seed's own signature

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arunguard/v1/runguard.proto\x12\x0brunguard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\x03Run\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06labels\x18\x07 \x03(\x0b\x32\x1c.runguard.v1.Run.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\nGuardState\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12!\n\x07holders\x18\x03 \x03(\x0b\x32\x10.runguard.v1.Run\x12\x14\n\x0cqueue_length\x18\x04 \x01(\r\"\xcd\x02\n\x0c\x42\x65ginRequest\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12)\n\x07payload\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x19\n\x0fidempotency_key\x18\x05 \x01(\tH\x00\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x06labels\x18\x08 \x03(\x0b\x32%.runguard.v1.BeginRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\nsubmission\"=\n\x07Granted\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.runguard.v1.Run\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"\xc5\x01\n\tRejection\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.runguard.v1.RejectionReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x07holders\x18\x03 \x03(\x0b\x32\x10.runguard.v1.Run\x12&\n\x0c\x64uplicate_of\x18\x04 \x01(\x0b\x32\x10.runguard.v1.Run\x12.\n\x0bretry_after\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\rBeginResponse\x12\'\n\x07granted\x18\x01 \x01(\x0b\x32\x14.runguard.v1.GrantedH\x00\x12*\n\x08rejected\x18\x02 \x01(\x0b\x32\x16.runguard.v1.RejectionH\x00\x42\t\n\x07outcome\"U\n\nEndRequest\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"5\n\x0b\x45ndResponse\x12&\n\x06result\x18\x01 \x01(\x0e\x32\x16.runguard.v1.EndResult\"t\n\x10KeepAliveRequest\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n\x11KeepAliveResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.runguard.v1.Run\"\x1f\n\x0e\x43urrentRequest\x12\r\n\x05guard\x18\x01 \x01(\t\"Z\n\x0f\x43urrentResponse\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.runguard.v1.GuardState\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\t\"E\n\x0cWatchRequest\x12\x0e\n\x06guards\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\t\"W\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\'\n\x06guards\x18\x02 \x03(\x0b\x32\x17.runguard.v1.GuardState\x12\x10\n\x08resynced\x18\x03 \x01(\x08\"\xbc\x01\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.runguard.v1.ChangeKind\x12\x32\n\x0erelease_reason\x18\x03 \x01(\x0e\x32\x1a.runguard.v1.ReleaseReason\x12\x1d\n\x03run\x18\x04 \x01(\x0b\x32\x10.runguard.v1.Run\x12&\n\x05state\x18\x05 \x01(\x0b\x32\x17.runguard.v1.GuardState\"\x1c\n\x08Progress\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\xa4\x01\n\rWatchResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.runguard.v1.SnapshotH\x00\x12%\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x13.runguard.v1.ChangeH\x00\x12)\n\x08progress\x18\x04 \x01(\x0b\x32\x15.runguard.v1.ProgressH\x00\x42\x07\n\x05\x65vent*\xb7\x01\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aREJECTION_REASON_IN_FLIGHT\x10\x01\x12\x1e\n\x1aREJECTION_REASON_DUPLICATE\x10\x02\x12!\n\x1dREJECTION_REASON_WAIT_TIMEOUT\x10\x03\x12\x1f\n\x1bREJECTION_REASON_QUEUE_FULL\x10\x04*]\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HANGE_KIND_ACQUIRED\x10\x01\x12\x18\n\x14\x43HANGE_KIND_RELEASED\x10\x02*\x80\x01\n\rReleaseReason\x12\x1e\n\x1aRELEASE_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14RELEASE_REASON_ENDED\x10\x01\x12\x1a\n\x16RELEASE_REASON_EXPIRED\x10\x02\x12\x19\n\x15RELEASE_REASON_FORCED\x10\x03*[\n\tEndResult\x12\x1a\n\x16\x45ND_RESULT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45ND_RESULT_ENDED\x10\x01\x12\x1c\n\x18\x45ND_RESULT_ALREADY_ENDED\x10\x02\x32\xdf\x02\n\x0fRunGuardService\x12>\n\x05\x42\x65gin\x12\x19.runguard.v1.BeginRequest\x1a\x1a.runguard.v1.BeginResponse\x12\x38\n\x03\x45nd\x12\x17.runguard.v1.EndRequest\x1a\x18.runguard.v1.EndResponse\x12J\n\tKeepAlive\x12\x1d.runguard.v1.KeepAliveRequest\x1a\x1e.runguard.v1.KeepAliveResponse\x12\x44\n\x07\x43urrent\x12\x1b.runguard.v1.CurrentRequest\x1a\x1c.runguard.v1.CurrentResponse\x12@\n\x05Watch\x12\x19.runguard.v1.WatchRequest\x1a\x1a.runguard.v1.WatchResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arunguard/v1/runguard.proto\x12\x0brunguard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\x03Run\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x04\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x06labels\x18\x07 \x03(\x0b\x32\x1c.runguard.v1.Run.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\nGuardState\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12!\n\x07holders\x18\x03 \x03(\x0b\x32\x10.runguard.v1.Run\x12\x14\n\x0cqueue_length\x18\x04 \x01(\r\"\xcd\x02\n\x0c\x42\x65ginRequest\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12)\n\x07payload\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x19\n\x0fidempotency_key\x18\x05 \x01(\tH\x00\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x04wait\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x06labels\x18\x08 \x03(\x0b\x32%.runguard.v1.BeginRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\nsubmission\"O\n\x07Granted\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.runguard.v1.Run\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xc5\x01\n\tRejection\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.runguard.v1.RejectionReason\x12\x0f\n\x07message\x18\x02 \x01(\t\x12!\n\x07holders\x18\x03 \x03(\x0b\x32\x10.runguard.v1.Run\x12&\n\x0c\x64uplicate_of\x18\x04 \x01(\x0b\x32\x10.runguard.v1.Run\x12.\n\x0bretry_after\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"o\n\rBeginResponse\x12\'\n\x07granted\x18\x01 \x01(\x0b\x32\x14.runguard.v1.GrantedH\x00\x12*\n\x08rejected\x18\x02 \x01(\x0b\x32\x16.runguard.v1.RejectionH\x00\x42\t\n\x07outcome\"U\n\nEndRequest\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"5\n\x0b\x45ndResponse\x12&\n\x06result\x18\x01 \x01(\x0e\x32\x16.runguard.v1.EndResult\"t\n\x10KeepAliveRequest\x12\r\n\x05guard\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n\x11KeepAliveResponse\x12\x1d\n\x03run\x18\x01 \x01(\x0b\x32\x10.runguard.v1.Run\"\x1f\n\x0e\x43urrentRequest\x12\r\n\x05guard\x18\x01 \x01(\t\"Z\n\x0f\x43urrentResponse\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.runguard.v1.GuardState\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\t\"E\n\x0cWatchRequest\x12\x0e\n\x06guards\x18\x01 \x03(\t\x12\x16\n\x0e\x61\x66ter_revision\x18\x02 \x01(\x03\x12\r\n\x05\x65poch\x18\x03 \x01(\t\"W\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\'\n\x06guards\x18\x02 \x03(\x0b\x32\x17.runguard.v1.GuardState\x12\x10\n\x08resynced\x18\x03 \x01(\x08\"\xbc\x01\n\x06\x43hange\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.runguard.v1.ChangeKind\x12\x32\n\x0erelease_reason\x18\x03 \x01(\x0e\x32\x1a.runguard.v1.ReleaseReason\x12\x1d\n\x03run\x18\x04 \x01(\x0b\x32\x10.runguard.v1.Run\x12&\n\x05state\x18\x05 \x01(\x0b\x32\x17.runguard.v1.GuardState\"\x1c\n\x08Progress\x12\x10\n\x08revision\x18\x01 \x01(\x03\"\xa4\x01\n\rWatchResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12)\n\x08snapshot\x18\x02 \x01(\x0b\x32\x15.runguard.v1.SnapshotH\x00\x12%\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x13.runguard.v1.ChangeH\x00\x12)\n\x08progress\x18\x04 \x01(\x0b\x32\x15.runguard.v1.ProgressH\x00\x42\x07\n\x05\x65vent*\xb7\x01\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aREJECTION_REASON_IN_FLIGHT\x10\x01\x12\x1e\n\x1aREJECTION_REASON_DUPLICATE\x10\x02\x12!\n\x1dREJECTION_REASON_WAIT_TIMEOUT\x10\x03\x12\x1f\n\x1bREJECTION_REASON_QUEUE_FULL\x10\x04*]\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43HANGE_KIND_ACQUIRED\x10\x01\x12\x18\n\x14\x43HANGE_KIND_RELEASED\x10\x02*\x80\x01\n\rReleaseReason\x12\x1e\n\x1aRELEASE_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14RELEASE_REASON_ENDED\x10\x01\x12\x1a\n\x16RELEASE_REASON_EXPIRED\x10\x02\x12\x19\n\x15RELEASE_REASON_FORCED\x10\x03*[\n\tEndResult\x12\x1a\n\x16\x45ND_RESULT_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45ND_RESULT_ENDED\x10\x01\x12\x1c\n\x18\x45ND_RESULT_ALREADY_ENDED\x10\x02\x32\xdf\x02\n\x0fRunGuardService\x12>\n\x05\x42\x65gin\x12\x19.runguard.v1.BeginRequest\x1a\x1a.runguard.v1.BeginResponse\x12\x38\n\x03\x45nd\x12\x17.runguard.v1.EndRequest\x1a\x18.runguard.v1.EndResponse\x12J\n\tKeepAlive\x12\x1d.runguard.v1.KeepAliveRequest\x1a\x1e.runguard.v1.KeepAliveResponse\x12\x44\n\x07\x43urrent\x12\x1b.runguard.v1.CurrentRequest\x1a\x1c.runguard.v1.CurrentResponse\x12@\n\x05Watch\x12\x19.runguard.v1.WatchRequest\x1a\x1a.runguard.v1.WatchResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,14 +38,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_BEGINREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_BEGINREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_REJECTIONREASON']._serialized_start=2218
-  _globals['_REJECTIONREASON']._serialized_end=2401
-  _globals['_CHANGEKIND']._serialized_start=2403
-  _globals['_CHANGEKIND']._serialized_end=2496
-  _globals['_RELEASEREASON']._serialized_start=2499
-  _globals['_RELEASEREASON']._serialized_end=2627
-  _globals['_ENDRESULT']._serialized_start=2629
-  _globals['_ENDRESULT']._serialized_end=2720
+  _globals['_REJECTIONREASON']._serialized_start=2236
+  _globals['_REJECTIONREASON']._serialized_end=2419
+  _globals['_CHANGEKIND']._serialized_start=2421
+  _globals['_CHANGEKIND']._serialized_end=2514
+  _globals['_RELEASEREASON']._serialized_start=2517
+  _globals['_RELEASEREASON']._serialized_end=2645
+  _globals['_ENDRESULT']._serialized_start=2647
+  _globals['_ENDRESULT']._serialized_end=2738
   _globals['_RUN']._serialized_start=139
   _globals['_RUN']._serialized_end=414
   _globals['_RUN_LABELSENTRY']._serialized_start=369
@@ -57,33 +57,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BEGINREQUEST_LABELSENTRY']._serialized_start=369
   _globals['_BEGINREQUEST_LABELSENTRY']._serialized_end=414
   _globals['_GRANTED']._serialized_start=856
-  _globals['_GRANTED']._serialized_end=917
-  _globals['_REJECTION']._serialized_start=920
-  _globals['_REJECTION']._serialized_end=1117
-  _globals['_BEGINRESPONSE']._serialized_start=1119
-  _globals['_BEGINRESPONSE']._serialized_end=1230
-  _globals['_ENDREQUEST']._serialized_start=1232
-  _globals['_ENDREQUEST']._serialized_end=1317
-  _globals['_ENDRESPONSE']._serialized_start=1319
-  _globals['_ENDRESPONSE']._serialized_end=1372
-  _globals['_KEEPALIVEREQUEST']._serialized_start=1374
-  _globals['_KEEPALIVEREQUEST']._serialized_end=1490
-  _globals['_KEEPALIVERESPONSE']._serialized_start=1492
-  _globals['_KEEPALIVERESPONSE']._serialized_end=1542
-  _globals['_CURRENTREQUEST']._serialized_start=1544
-  _globals['_CURRENTREQUEST']._serialized_end=1575
-  _globals['_CURRENTRESPONSE']._serialized_start=1577
-  _globals['_CURRENTRESPONSE']._serialized_end=1667
-  _globals['_WATCHREQUEST']._serialized_start=1669
-  _globals['_WATCHREQUEST']._serialized_end=1738
-  _globals['_SNAPSHOT']._serialized_start=1740
-  _globals['_SNAPSHOT']._serialized_end=1827
-  _globals['_CHANGE']._serialized_start=1830
-  _globals['_CHANGE']._serialized_end=2018
-  _globals['_PROGRESS']._serialized_start=2020
-  _globals['_PROGRESS']._serialized_end=2048
-  _globals['_WATCHRESPONSE']._serialized_start=2051
-  _globals['_WATCHRESPONSE']._serialized_end=2215
-  _globals['_RUNGUARDSERVICE']._serialized_start=2723
-  _globals['_RUNGUARDSERVICE']._serialized_end=3074
+  _globals['_GRANTED']._serialized_end=935
+  _globals['_REJECTION']._serialized_start=938
+  _globals['_REJECTION']._serialized_end=1135
+  _globals['_BEGINRESPONSE']._serialized_start=1137
+  _globals['_BEGINRESPONSE']._serialized_end=1248
+  _globals['_ENDREQUEST']._serialized_start=1250
+  _globals['_ENDREQUEST']._serialized_end=1335
+  _globals['_ENDRESPONSE']._serialized_start=1337
+  _globals['_ENDRESPONSE']._serialized_end=1390
+  _globals['_KEEPALIVEREQUEST']._serialized_start=1392
+  _globals['_KEEPALIVEREQUEST']._serialized_end=1508
+  _globals['_KEEPALIVERESPONSE']._serialized_start=1510
+  _globals['_KEEPALIVERESPONSE']._serialized_end=1560
+  _globals['_CURRENTREQUEST']._serialized_start=1562
+  _globals['_CURRENTREQUEST']._serialized_end=1593
+  _globals['_CURRENTRESPONSE']._serialized_start=1595
+  _globals['_CURRENTRESPONSE']._serialized_end=1685
+  _globals['_WATCHREQUEST']._serialized_start=1687
+  _globals['_WATCHREQUEST']._serialized_end=1756
+  _globals['_SNAPSHOT']._serialized_start=1758
+  _globals['_SNAPSHOT']._serialized_end=1845
+  _globals['_CHANGE']._serialized_start=1848
+  _globals['_CHANGE']._serialized_end=2036
+  _globals['_PROGRESS']._serialized_start=2038
+  _globals['_PROGRESS']._serialized_end=2066
+  _globals['_WATCHRESPONSE']._serialized_start=2069
+  _globals['_WATCHRESPONSE']._serialized_end=2233
+  _globals['_RUNGUARDSERVICE']._serialized_start=2741
+  _globals['_RUNGUARDSERVICE']._serialized_end=3092
 # @@protoc_insertion_point(module_scope)

@@ -119,12 +119,14 @@ class BeginRequest(_message.Message):
     def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., route: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Granted(_message.Message):
-    __slots__ = ("run", "lease_token")
+    __slots__ = ("run", "lease_token", "replayed")
     RUN_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     run: Run
     lease_token: str
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., lease_token: _Optional[str] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., lease_token: _Optional[str] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class Rejection(_message.Message):
     __slots__ = ("reason", "message", "holders", "duplicate_of", "retry_after")

@@ -83,7 +83,11 @@ def begin_response(outcome: Granted | Rejection) -> pb.BeginResponse:
     """Begin's typed outcome."""
     if isinstance(outcome, Granted):
         return pb.BeginResponse(
-            granted=pb.Granted(run=run_message(outcome.run), lease_token=outcome.lease_token)
+            granted=pb.Granted(
+                run=run_message(outcome.run),
+                lease_token=outcome.lease_token,
+                replayed=outcome.replayed,
+            )
         )
     rejected = pb.Rejection(
         reason=_REJECTION[outcome.reason],
