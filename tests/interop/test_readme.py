@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runguard.client import Client
 
 pytestmark = pytest.mark.interop
 
@@ -122,24 +123,28 @@ def test_grpcurl_session_gives_the_documented_outcomes(
 def test_python_example_takes_and_gives_back_a_slot(
     served: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """The Python example is granted a slot, renews it, and ends it."""
-    (block,) = _blocks(_section("Python"), "python")
+    """The Python example holds a slot and gives it back; run again at once it is a duplicate."""
+    block = _blocks(_section("Python"), "python")[0]
     assert DOCUMENTED_ADDRESS in block
     server = served()
     example = tmp_path / "example.py"
     example.write_text(block.replace(DOCUMENTED_ADDRESS, server.address), encoding="utf-8")
 
-    result = subprocess.run(
-        [sys.executable, str(example)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env=_environment(),
-        check=False,
-    )
+    def run_example() -> str:
+        result = subprocess.run(
+            [sys.executable, str(example)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=_environment(),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
 
-    assert result.returncode == 0, result.stderr
-    granted, ended = result.stdout.splitlines()
-    assert re.fullmatch(r"granted: [0-9a-f]{32} fencing token \d+", granted), result.stdout
-    assert ended == "end: END_RESULT_ENDED", result.stdout
+    first, second = run_example(), run_example()
+    assert re.fullmatch(r"holding [0-9a-f]{32} fencing token \d+", first), first
+    assert second.startswith("refused: duplicate "), second
+    with Client(server.address) as client:
+        assert client.current("generate").holders == ()
