@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
@@ -12,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from runguard.server.config import ServerConfig
 from runguard.server.coordinator import Coordinator
+from runguard.server.errors import StoreUnavailable
+from runguard.server.metrics import Metrics
 from runguard.server.reflection import add_reflection
 from runguard.server.servicer import RunGuardServicer
 from runguard.server.stores import MemoryStore, Store, open_store
@@ -22,6 +27,9 @@ __all__ = ["RunGuardServer", "configure_logging"]
 SERVICE_NAME = runguard_pb2.DESCRIPTOR.services_by_name["RunGuardService"].full_name
 
 log = structlog.get_logger("runguard")
+
+STORE_PROBE_INTERVAL = 1.0
+"""Seconds between the health probes of the store (health is NOT_SERVING while it fails)."""
 
 
 def configure_logging(level: str = "info") -> None:
@@ -50,8 +58,12 @@ class RunGuardServer:
         self.store = (
             store if store is not None else open_store(config.store_url, history=config.history)
         )
-        self.coordinator = Coordinator(config, self.store)
+        self.metrics = Metrics()
+        self.metrics_port = 0
+        self._metrics_server: WSGIServer | None = None
+        self.coordinator = Coordinator(config, self.store, metrics=self.metrics)
         self.health = HealthServicer()
+        self._probe: asyncio.Task[None] | None = None
         self.port = 0
         self._server = grpc.aio.server(options=config.grpc_options())
         runguard_pb2_grpc.add_RunGuardServiceServicer_to_server(  # type: ignore[no-untyped-call]  # generated code is untyped
@@ -79,15 +91,20 @@ class RunGuardServer:
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
         await self.coordinator.start()
+        if self.config.metrics_listen is not None:
+            self._metrics_server, _ = self.metrics.serve(self.config.metrics_listen)
+            self.metrics_port = self._metrics_server.server_port
         await self._server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self._probe = asyncio.create_task(self._probe_store(), name="runguard-store-probe")
         log.info(
             "serving",
             listen=self.config.listen,
             port=self.port,
             store=self.config.store_url,
             epoch=self.store.epoch,
+            metrics_port=self.metrics_port or None,
         )
         if isinstance(self.store, MemoryStore):
             log.warning(
@@ -97,14 +114,43 @@ class RunGuardServer:
             )
         return self.port
 
+    async def _probe_store(self) -> None:
+        """Health follows the store: NOT_SERVING while it cannot be reached, SERVING again after."""
+        serving = True
+        while True:
+            await asyncio.sleep(STORE_PROBE_INTERVAL)
+            try:
+                await self.store.snapshot([])
+                reachable, detail = True, ""
+            except StoreUnavailable as error:
+                reachable, detail = False, str(error)
+            if reachable == serving:
+                continue
+            serving = reachable
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if reachable
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
+            log.warning("store_reachable" if reachable else "store_unreachable", detail=detail)
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, watchers told UNAVAILABLE, calls get ``grace`` seconds."""
         log.info("draining", grace=self.config.shutdown_grace if grace is None else grace)
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         await self.health.enter_graceful_shutdown()
         self.coordinator.hub.close()
         await self._server.stop(self.config.shutdown_grace if grace is None else grace)
         await self.coordinator.stop()
         await self.store.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("stopped")
 
     async def wait(self) -> None:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runguard.client.cli import VERBS, add_verbs, run_verb, split_command
 from runguard.server.app import RunGuardServer, configure_logging
 from runguard.server.config import ServerConfig
+from runguard.server.errors import StoreUnavailable
 
 __all__ = ["build_config", "main"]
 
@@ -32,11 +33,16 @@ def _capacity(text: str) -> tuple[str, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runguard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="runguard", description="RunGuard: guards named run slots over gRPC."
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
     serve = verbs.add_parser("serve", help="run the RunGuard server")
     serve.add_argument("--listen", help="host:port (default 127.0.0.1:50051; port 0 picks one)")
-    serve.add_argument("--store", help="store URL (default memory://)")
+    serve.add_argument(
+        "--store",
+        help="store URL: memory:// (default), sqlite:///path.db, etcd://host:port,host:port",
+    )
     serve.add_argument(
         "--guard",
         action="append",
@@ -51,12 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait", type=float, help="longest a Begin may queue, seconds (3600)")
     serve.add_argument("--max-queue", type=int, help="callers that may queue per guard (1000)")
     serve.add_argument("--progress-interval", type=float, help="Watch heartbeat, seconds (10)")
+    serve.add_argument("--history", type=int, help="changes kept for resuming watchers (10000)")
     serve.add_argument("--shutdown-grace", type=float, help="seconds calls get on stop (5)")
     serve.add_argument(
         "--max-connection-age", type=float, help="close connections after this many seconds"
     )
     serve.add_argument(
         "--max-connection-age-grace", type=float, help="seconds calls get after that (30)"
+    )
+    serve.add_argument(
+        "--metrics-listen", help="host:port to serve Prometheus /metrics on (off by default)"
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     health = verbs.add_parser("health", help="exit 0 if a server reports SERVING (for probes)")
@@ -100,9 +110,11 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
     pick("max_wait", args.max_wait)
     pick("max_queue", args.max_queue)
     pick("progress_interval", args.progress_interval)
+    pick("history", args.history)
     pick("shutdown_grace", args.shutdown_grace)
     pick("max_connection_age", args.max_connection_age)
     pick("max_connection_age_grace", args.max_connection_age_grace)
+    pick("metrics_listen", args.metrics_listen, None, str)
     values["capacities"] = dict(args.guard)
     return ServerConfig(**values)  # type: ignore[arg-type]  # keys are ServerConfig's fields
 
@@ -142,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         asyncio.run(_serve(config))
-    except RuntimeError as error:
+    except (RuntimeError, ValueError, StoreUnavailable) as error:  # bad --store or store down
         print(f"runguard: {error}", file=sys.stderr)
         return 1
     return 0

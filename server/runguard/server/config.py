@@ -60,6 +60,7 @@ class ServerConfig:
         max_connection_age_grace: seconds calls get to finish after that.
         max_concurrent_streams: streams per connection; None: grpc's default.
         max_pending_requests: calls accepted but not yet handled.
+        metrics_listen: host:port to serve Prometheus metrics on; None: off.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -81,11 +82,16 @@ class ServerConfig:
     max_connection_age_grace: float = 30.0
     max_concurrent_streams: int | None = None
     max_pending_requests: int = 20_000
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"listen must be host:port, got {self.listen!r}")
+        for name in ("listen", "metrics_listen"):
+            address = getattr(self, name)
+            if address is None:
+                continue
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"{name} must be host:port, got {address!r}")
         if self.default_capacity < 1:
             raise ValueError(f"default_capacity must be at least 1, got {self.default_capacity}")
         for guard, capacity in self.capacities.items():

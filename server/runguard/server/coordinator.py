@@ -35,6 +35,7 @@ from runguard.server.core import (
 )
 from runguard.server.errors import RunGuardError, StoreUnavailable, VersionConflict
 from runguard.server.hub import Hub
+from runguard.server.metrics import Metrics
 from runguard.server.stores import Commit, Store
 
 __all__ = ["Coordinator"]
@@ -64,10 +65,12 @@ class Coordinator:
         *,
         clock: Callable[[], float] = time.time,
         new_token: Callable[[], str] = _new_token,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
-        self.hub = Hub(config, store)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.hub = Hub(config, store, self.metrics)
         self._clock = clock
         self._new_token = new_token
         self._acquired: dict[tuple[str, str], list[asyncio.Future[Holder]]] = {}
@@ -113,6 +116,7 @@ class Coordinator:
                 )
             except VersionConflict:
                 continue
+            self._count(commit)
             for change in commit.changes:
                 if change.reason is ReleaseReason.EXPIRED:
                     log.info(
@@ -124,6 +128,18 @@ class Coordinator:
                     )
             return transition, commit
         raise StoreUnavailable(f"guard {guard!r} is too contended; try again")
+
+    def _count(self, commit: Commit) -> None:
+        """Metrics of the changes this process committed (each commit counted once)."""
+        label = self.metrics.guard(commit.guard)
+        now = self._clock()
+        for change in commit.changes:
+            if change.kind is ChangeKind.RELEASED and change.reason is not None:
+                self.metrics.hold_seconds.labels(label, change.reason.value).observe(
+                    max(0.0, now - change.run.started_at)
+                )
+                if change.reason is ReleaseReason.EXPIRED:
+                    self.metrics.expirations.labels(label).inc()
 
     async def begin(
         self,
@@ -144,6 +160,7 @@ class Coordinator:
             ttl=ttl,
             wait=wait,
             labels=labels,
+            owner=self.store.replica,
         )
         key = (guard, operation_id)
         arrival = self._watch_acquired(key)
@@ -156,7 +173,9 @@ class Coordinator:
                 outcome = await self._wait(guard, outcome, arrival)
         finally:
             self._unwatch_acquired(key, arrival)
+        label = self.metrics.guard(guard)
         if isinstance(outcome, core.Granted):
+            self.metrics.begins.labels(label, "granted", "").inc()
             log.info(
                 "begin",
                 guard=guard,
@@ -166,6 +185,7 @@ class Coordinator:
                 replayed=outcome.replayed,
             )
         else:
+            self.metrics.begins.labels(label, "rejected", outcome.reason.value).inc()
             log.info(
                 "begin",
                 guard=guard,
@@ -181,6 +201,8 @@ class Coordinator:
     ) -> core.Granted | Rejection:
         policy = self.config.policy(guard)
         key = (guard, queued.operation_id)
+        waited = self.metrics.wait_seconds
+        started = self._clock()
         try:
             while (remaining := queued.deadline - self._clock()) > 0:
                 done, _ = await asyncio.wait({arrival}, timeout=remaining)
@@ -188,6 +210,9 @@ class Coordinator:
                     break
                 holder = arrival.result()
                 if holder.lease_token == queued.lease_token:
+                    waited.labels(self.metrics.guard(guard), "granted").observe(
+                        self._clock() - started
+                    )
                     return core.Granted(holder.run, holder.lease_token)
                 self._unwatch_acquired(key, arrival)
                 arrival = self._watch_acquired(key)
@@ -197,6 +222,8 @@ class Coordinator:
                     doc, policy, queued.operation_id, queued.lease_token, now
                 ),
             )
+            ended = "granted" if isinstance(transition.outcome, core.Granted) else "timeout"
+            waited.labels(self.metrics.guard(guard), ended).observe(self._clock() - started)
             return transition.outcome
         except asyncio.CancelledError:
             # The caller went away: leave the queue, and give back a slot that
@@ -233,6 +260,7 @@ class Coordinator:
             guard,
             lambda doc, now: core.end(doc, policy, operation_id, lease_token, now, force=force),
         )
+        self.metrics.ends.labels(self.metrics.guard(guard), transition.outcome.value).inc()
         log.info(
             "end",
             guard=guard,
@@ -283,6 +311,9 @@ class Coordinator:
         async for commit in feed:
             try:
                 self._track(commit.doc)
+                self.metrics.queue_length.labels(self.metrics.guard(commit.guard)).set(
+                    len(commit.doc.queue)
+                )
                 self._hand_over(commit)
                 self.hub.publish(commit)
             except Exception:  # one bad commit must not stop the feed for everybody

@@ -17,6 +17,7 @@ from runguard.server import core
 from runguard.server.config import ServerConfig
 from runguard.server.core import Change, GuardDoc, GuardView
 from runguard.server.errors import ShuttingDown
+from runguard.server.metrics import Metrics
 from runguard.server.stores import Commit, Store
 
 __all__ = ["Hub", "Progress", "Snapshot", "WatchEvent"]
@@ -64,9 +65,11 @@ class _Watcher:
 class Hub:
     """Every open Watch stream, and the last revision handed to them."""
 
-    def __init__(self, config: ServerConfig, store: Store) -> None:
+    def __init__(self, config: ServerConfig, store: Store, metrics: Metrics | None = None) -> None:
         self._config = config
         self._store = store
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._metrics.watchers.set_function(lambda: len(self._watchers))
         self._watchers: set[_Watcher] = set()
         self._published = 0
         self._closed = False
@@ -117,6 +120,8 @@ class Hub:
             if resuming and epoch == self._store.epoch:
                 missed = await self._store.changes_since(after_revision)
             if missed is None:
+                if resuming:
+                    self._metrics.resyncs.labels("resume").inc()
                 snapshot = await self._snapshot(guards, resynced=resuming)
                 base = snapshot.revision
                 yield snapshot
@@ -140,6 +145,7 @@ class Hub:
                 if self._closed:
                     raise ShuttingDown("server shutting down; reconnect")
                 if watcher.overflowed:
+                    self._metrics.resyncs.labels("overflow").inc()
                     watcher.overflowed = False
                     watcher.buffer.clear()
                     snapshot = await self._snapshot(guards, resynced=True)

@@ -9,8 +9,10 @@ INTERNAL, never a stack trace.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -44,16 +46,26 @@ def _mapped(
 ) -> Callable[[RunGuardServicer, Req, Context], Awaitable[Resp]]:
     @functools.wraps(method)
     async def handler(self: RunGuardServicer, request: Req, context: Context) -> Resp:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return await method(self, request, context)
         except RunGuardError as error:
             code, message, trailers = status_of(error)
             await context.abort(code, message, trailers)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception:
             if context.done():
                 raise
             log.exception("internal_error", method=method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            code = grpc.StatusCode.INTERNAL
+            await context.abort(code, "internal error; see the server log")
+        finally:
+            self.metrics.rpc_seconds.labels(method.__name__, code.name).observe(
+                time.perf_counter() - started
+            )
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return handler
@@ -65,6 +77,7 @@ class RunGuardServicer:
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
         self._config = coordinator.config
+        self.metrics = coordinator.metrics
 
     @_mapped
     async def Begin(self, request: pb.BeginRequest, context: Context) -> pb.BeginResponse:

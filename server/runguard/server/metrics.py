@@ -1,0 +1,84 @@
+"""Prometheus metrics of one server, in a registry of its own.
+
+Served over HTTP only when ``--metrics-listen`` is given. Guard names are
+chosen by callers, so the ``guard`` label is capped: after
+:data:`GUARD_LABELS_MAX` distinct guards, further ones are counted as
+``_other`` to keep the series count bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["GUARD_LABELS_MAX", "Metrics"]
+
+GUARD_LABELS_MAX = 100
+"""Distinct guard label values before the rest are folded into ``_other``."""
+
+_SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 1800, 3600)
+
+
+class Metrics:
+    """Every metric the server exports; one instance per server."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._guards: set[str] = set()
+        self._lock = threading.Lock()
+        r = self.registry
+        self.begins = Counter(
+            "runguard_begin", "Begin outcomes.", ["guard", "outcome", "reason"], registry=r
+        )
+        self.ends = Counter("runguard_end", "End results.", ["guard", "result"], registry=r)
+        self.expirations = Counter(
+            "runguard_expired", "Leases that ran out.", ["guard"], registry=r
+        )
+        self.hold_seconds = Histogram(
+            "runguard_hold_seconds",
+            "How long runs held their slot, by how they left it.",
+            ["guard", "reason"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_length = Gauge(
+            "runguard_queue_length", "Begins waiting in a guard's queue.", ["guard"], registry=r
+        )
+        self.wait_seconds = Histogram(
+            "runguard_wait_seconds",
+            "How long queued Begins waited, by how the wait ended.",
+            ["guard", "outcome"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.watchers = Gauge("runguard_watchers", "Open Watch streams.", registry=r)
+        self.resyncs = Counter(
+            "runguard_watch_resyncs",
+            "Watch streams sent a resynced snapshot (fell behind, or could not resume).",
+            ["cause"],
+            registry=r,
+        )
+        self.rpc_seconds = Histogram(
+            "runguard_rpc_seconds",
+            "RPC latency by method and status code (Watch: the stream's lifetime).",
+            ["method", "code"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=r,
+        )
+
+    def guard(self, name: str) -> str:
+        """The label value for a guard (``_other`` past the cap)."""
+        with self._lock:
+            if name in self._guards:
+                return name
+            if len(self._guards) < GUARD_LABELS_MAX:
+                self._guards.add(name)
+                return name
+        return "_other"
+
+    def serve(self, address: str) -> tuple[WSGIServer, threading.Thread]:
+        """Serve ``/metrics`` on host:port in a background thread."""
+        host, _, port = address.rpartition(":")
+        return start_http_server(int(port), addr=host, registry=self.registry)
