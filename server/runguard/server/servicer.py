@@ -36,6 +36,10 @@ __all__ = ["RunGuardServicer"]
 
 log = structlog.get_logger("runguard")
 
+WRITE_FAILED_GRACE = 1.0
+"""Seconds a Watch whose write failed waits for the call's cancellation before it
+reports the failure as an internal error."""
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -129,4 +133,14 @@ class RunGuardServicer:
         # the CancelledError itself propagates (swallowing it leaks).
         async with contextlib.aclosing(stream) as events:
             async for event in events:
-                await context.write(convert.watch_response(event, epoch))
+                message = convert.watch_response(event, epoch)
+                try:
+                    await context.write(message)
+                except Exception:
+                    # A write held by flow control fails (grpc's ExecuteBatchError)
+                    # when a cancel, deadline or lost connection ends the call under
+                    # it; the CancelledError follows at the next await. Let it come
+                    # and propagate, rather than report the stalled reader's exit as
+                    # an internal error.
+                    await asyncio.sleep(WRITE_FAILED_GRACE)
+                    raise
