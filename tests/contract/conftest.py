@@ -7,6 +7,7 @@ unchanged against each entry of ``STORES``. To add a store, append one
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from runguard.server.stores import Store, open_store
+
+from tests import etcd_harness
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,8 +39,24 @@ def _memory(workdir: Path, history: int) -> Store:
     return open_store("memory://", history=history)
 
 
+def _sqlite(workdir: Path, history: int) -> Store:
+    return open_store(f"sqlite://{workdir / 'runguard.db'}", history=history)
+
+
+def _etcd(size: int) -> Callable[[Path, int], Store]:
+    def open_on(workdir: Path, history: int) -> Store:
+        # One key prefix per workdir: reopening the workdir reopens its state.
+        prefix = "contract-" + hashlib.sha1(str(workdir).encode()).hexdigest()[:16]
+        return open_store(etcd_harness.shared(size).url(prefix), history=history)
+
+    return open_on
+
+
 STORES = [
     pytest.param(StoreKind(_memory, clock_floor=True), id="memory"),
+    pytest.param(StoreKind(_sqlite, clock_floor=True), id="sqlite"),
+    pytest.param(StoreKind(_etcd(1), clock_floor=True), id="etcd"),
+    pytest.param(StoreKind(_etcd(3), clock_floor=True), id="etcd-cluster"),
 ]
 """Every store the contract runs against."""
 

@@ -37,6 +37,7 @@ from runguard.server.core.transitions import (
     next_deadline,
     settle,
     view,
+    without_waiters_of,
 )
 
 __all__ = [
@@ -69,4 +70,5 @@ __all__ = [
     "next_deadline",
     "settle",
     "view",
+    "without_waiters_of",
 ]

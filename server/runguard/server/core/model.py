@@ -109,6 +109,8 @@ class Waiter:
     labels: Labels
     enqueued_at: float
     deadline: float
+    owner: str = ""
+    """The replica whose caller waits for the grant ("" for a single-process store)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,3 +190,5 @@ class BeginCommand:
     ttl: float | None = None
     wait: float = 0.0
     labels: Labels = field(default=())
+    owner: str = ""
+    """The replica the caller waits on if it queues (see ``Waiter.owner``)."""

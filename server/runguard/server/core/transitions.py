@@ -15,6 +15,7 @@ full; a DUPLICATE only inside the dedup window.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -48,6 +49,7 @@ __all__ = [
     "next_deadline",
     "settle",
     "view",
+    "without_waiters_of",
 ]
 
 TOMBSTONES_KEPT = 64
@@ -305,6 +307,7 @@ def begin(
             labels=cmd.labels,
             enqueued_at=now,
             deadline=now + cmd.wait,
+            owner=cmd.owner,
         )
         work.queue.append(waiter)
         work.dirty = True
@@ -404,6 +407,19 @@ def keep_alive(
     work.holders[index] = Holder(run=run, lease_token=held.lease_token, ttl=new_ttl)
     work.dirty = True
     return work.finish(run, now)
+
+
+def without_waiters_of(doc: GuardDoc, owners: Collection[str]) -> GuardDoc:
+    """The document without the queued callers that wait on one of ``owners``.
+
+    For a store shared by replicas: the waiters of a replica that is gone have
+    nobody to hand a grant to, so they leave the queue before any command sees
+    it (and are never promoted). The others keep their arrival order. Returns
+    ``doc`` itself when no waiter is dropped.
+    """
+    if not owners or not any(w.owner in owners for w in doc.queue):
+        return doc
+    return dataclasses.replace(doc, queue=tuple(w for w in doc.queue if w.owner not in owners))
 
 
 def next_deadline(doc: GuardDoc) -> float | None:

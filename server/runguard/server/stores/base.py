@@ -54,9 +54,21 @@ class Store(abc.ABC):
     def revision(self) -> int:
         """The revision of the newest commit (0 before the first)."""
 
+    @property
+    def replica(self) -> str:
+        """This server's id among the replicas sharing the store ("" when only one serves it).
+
+        Queued callers are recorded under it (``Waiter.owner``), so a store
+        shared by replicas can drop the waiters of a replica that died
+        instead of promoting them into a slot nobody would hold.
+        """
+        return ""
+
     @abc.abstractmethod
     async def read(self, guard: str) -> Versioned:
         """The guard's current document, or a new one at version 0.
+
+        Waiters of a replica known to be gone are left out (see ``replica``).
 
         A new document's ``next_fencing`` is above every fencing token the
         store has handed out for that guard, also across restarts.

@@ -1,0 +1,266 @@
+"""JSON for the values durable stores keep: guard documents and changes.
+
+A store writes a :class:`GuardDoc` (and, for etcd, the changes of the commit
+that wrote it) as one JSON text and reads it back equal, field for field.
+Floats go through ``repr`` (Python's JSON does), so times round-trip exactly.
+Every object carries only its fields' values under short, stable names; a
+field added to the core later gets a default when an older text lacks it, so
+documents written by an older server stay readable.
+
+Pure functions: no I/O. A text that is not a document raises ``CodecError``
+(a ``ValueError``); stores turn it into their own error at their edge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from runguard.server.core import (
+    Accepted,
+    Change,
+    ChangeKind,
+    GuardDoc,
+    GuardView,
+    Holder,
+    Labels,
+    ReleaseReason,
+    Run,
+    Tombstone,
+    Waiter,
+)
+
+__all__ = [
+    "FORMAT",
+    "CodecError",
+    "Record",
+    "decode_change",
+    "decode_doc",
+    "decode_record",
+    "encode_change",
+    "encode_doc",
+    "encode_record",
+]
+
+FORMAT = 1
+"""The version of the layout below; a text of a newer format is refused."""
+
+T = TypeVar("T")
+
+
+class CodecError(ValueError):
+    """A text is not a guard document or change this codec can read."""
+
+
+# -- to plain JSON values ------------------------------------------------------
+
+
+def _labels(labels: Labels) -> list[list[str]]:
+    return [[key, value] for key, value in labels]
+
+
+def _run(run: Run) -> dict[str, Any]:
+    return {
+        "guard": run.guard,
+        "op": run.operation_id,
+        "fp": run.fingerprint,
+        "fence": run.fencing_token,
+        "start": run.started_at,
+        "exp": run.expires_at,
+        "labels": _labels(run.labels),
+    }
+
+
+def _doc(doc: GuardDoc) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "name": doc.name,
+        "next_fencing": doc.next_fencing,
+        "holders": [
+            {"run": _run(h.run), "token": h.lease_token, "ttl": h.ttl} for h in doc.holders
+        ],
+        "queue": [
+            {
+                "op": w.operation_id,
+                "fp": w.fingerprint,
+                "token": w.lease_token,
+                "ttl": w.ttl,
+                "labels": _labels(w.labels),
+                "at": w.enqueued_at,
+                "deadline": w.deadline,
+                "owner": w.owner,
+            }
+            for w in doc.queue
+        ],
+        "accepted": [{"run": _run(a.run), "at": a.accepted_at} for a in doc.accepted],
+        "tombstones": [
+            {"op": t.operation_id, "reason": t.reason.value, "at": t.at} for t in doc.tombstones
+        ],
+    }
+
+
+def _change(change: Change) -> dict[str, Any]:
+    state = change.state
+    return {
+        "kind": change.kind.value,
+        "run": _run(change.run),
+        "state": {
+            "guard": state.guard,
+            "capacity": state.capacity,
+            "holders": [_run(run) for run in state.holders],
+            "queue_length": state.queue_length,
+        },
+        "reason": None if change.reason is None else change.reason.value,
+    }
+
+
+# -- from plain JSON values ------------------------------------------------------
+
+
+def _from_labels(data: Any) -> Labels:
+    return tuple((str(key), str(value)) for key, value in data)
+
+
+def _from_run(data: dict[str, Any]) -> Run:
+    return Run(
+        guard=data["guard"],
+        operation_id=data["op"],
+        fingerprint=data["fp"],
+        fencing_token=int(data["fence"]),
+        started_at=float(data["start"]),
+        expires_at=float(data["exp"]),
+        labels=_from_labels(data.get("labels", ())),
+    )
+
+
+def _from_doc(data: dict[str, Any]) -> GuardDoc:
+    if data.get("format", FORMAT) > FORMAT:
+        raise CodecError(f"document format {data['format']} is newer than {FORMAT}")
+    return GuardDoc(
+        name=data["name"],
+        next_fencing=int(data["next_fencing"]),
+        holders=tuple(
+            Holder(run=_from_run(h["run"]), lease_token=h["token"], ttl=float(h["ttl"]))
+            for h in data.get("holders", ())
+        ),
+        queue=tuple(
+            Waiter(
+                operation_id=w["op"],
+                fingerprint=w["fp"],
+                lease_token=w["token"],
+                ttl=float(w["ttl"]),
+                labels=_from_labels(w.get("labels", ())),
+                enqueued_at=float(w["at"]),
+                deadline=float(w["deadline"]),
+                owner=w.get("owner", ""),
+            )
+            for w in data.get("queue", ())
+        ),
+        accepted=tuple(
+            Accepted(run=_from_run(a["run"]), accepted_at=float(a["at"]))
+            for a in data.get("accepted", ())
+        ),
+        tombstones=tuple(
+            Tombstone(operation_id=t["op"], reason=ReleaseReason(t["reason"]), at=float(t["at"]))
+            for t in data.get("tombstones", ())
+        ),
+    )
+
+
+def _from_change(data: dict[str, Any], revision: int) -> Change:
+    state = data["state"]
+    reason = data.get("reason")
+    return Change(
+        kind=ChangeKind(data["kind"]),
+        run=_from_run(data["run"]),
+        state=GuardView(
+            guard=state["guard"],
+            capacity=int(state["capacity"]),
+            holders=tuple(_from_run(run) for run in state["holders"]),
+            queue_length=int(state["queue_length"]),
+        ),
+        reason=None if reason is None else ReleaseReason(reason),
+        revision=revision,
+    )
+
+
+def _dumps(value: Any) -> bytes:
+    # allow_nan=False: the core never makes a non-finite time, and JSON has none.
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _loads(text: bytes | str, build: Callable[[Any], T], what: str) -> T:
+    try:
+        return build(json.loads(text))
+    except CodecError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CodecError(f"not a {what}: {error!r}") from error
+
+
+# -- the public functions ----------------------------------------------------------
+
+
+def encode_doc(doc: GuardDoc) -> bytes:
+    """A guard document as compact UTF-8 JSON."""
+    return _dumps(_doc(doc))
+
+
+def decode_doc(text: bytes | str) -> GuardDoc:
+    """The guard document ``encode_doc`` made.
+
+    Raises:
+        CodecError: ``text`` is not such a document.
+    """
+    return _loads(text, _from_doc, "guard document")
+
+
+def encode_change(change: Change) -> bytes:
+    """A change as compact UTF-8 JSON, without its revision (the store keeps that)."""
+    return _dumps(_change(change))
+
+
+def decode_change(text: bytes | str, revision: int) -> Change:
+    """The change ``encode_change`` made, carrying ``revision``.
+
+    Raises:
+        CodecError: ``text`` is not such a change.
+    """
+    return _loads(text, lambda data: _from_change(data, revision), "change")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A guard document with the changes of the commit that wrote it.
+
+    ``commit_id`` is the writer's unique name for that commit, so a writer
+    that lost the answer to its write can tell by reading whether it landed.
+    """
+
+    doc: GuardDoc
+    changes: tuple[Change, ...]
+    commit_id: str = ""
+
+
+def encode_record(doc: GuardDoc, changes: Sequence[Change], *, commit_id: str = "") -> bytes:
+    """A guard document and the changes of the commit that wrote it, as one JSON text."""
+    return _dumps({"id": commit_id, "doc": _doc(doc), "changes": [_change(c) for c in changes]})
+
+
+def decode_record(text: bytes | str, revision: int) -> Record:
+    """The record ``encode_record`` made; its changes carry ``revision``.
+
+    Raises:
+        CodecError: ``text`` is not such a record.
+    """
+
+    def build(data: Any) -> Record:
+        return Record(
+            doc=_from_doc(data["doc"]),
+            changes=tuple(_from_change(c, revision) for c in data["changes"]),
+            commit_id=str(data.get("id", "")),
+        )
+
+    return _loads(text, build, "guard record")

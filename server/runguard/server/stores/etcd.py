@@ -1,0 +1,609 @@
+"""``etcd://h1:p1,h2:p2/prefix``: guard documents in etcd, for several RunGuard replicas.
+
+Layout under the key prefix (``runguard`` unless the URL names one):
+
+- ``<prefix>/g/<guard>``: one key per guard. Its value is a JSON record of the
+  guard's document *and the changes of the commit that wrote it*, so etcd's
+  watch on ``<prefix>/g/`` is our change feed and etcd's revision of each write
+  is our revision. The key's ``mod_revision`` is the document's version.
+- ``<prefix>/meta/epoch``: a random id created once; the store's epoch is the
+  cluster id and this id (so two prefixes of one cluster never share one).
+- ``<prefix>/r/<replica>``: one presence key per running RunGuard replica,
+  attached to an etcd lease the replica keeps alive.
+
+Compare-and-swap is one ``Txn``: ``mod_revision == version`` (``create_revision
+== 0`` for a guard never written), then put. A ``Txn`` is sent once and never
+resent by the client library: if its answer is lost (timeout, connection cut,
+leader change), the store reads the key back and looks for its own commit id;
+a guard that moved on without it is a plain conflict (retried), and a guard
+still at the old version is reported ``StoreUnavailable`` ("outcome unknown"),
+since the write may yet land.
+
+Waiters carry the replica they wait on. A replica whose presence key is gone
+(its lease ran out: it died) has its waiters dropped from every document this
+store reads, and a commit that promotes another replica's waiter also compares
+that replica's presence key, so a slot is never handed to a waiter nobody waits
+for. The holders of a dead replica keep their leases: any replica ends or
+expires them.
+
+Clocks: lease expiry lives in our documents (``expires_at``) and is judged by
+the clock of whichever replica settles the guard, never by etcd's lease TTLs
+(etcd resets those on a leader change). So the replicas' clocks must agree to
+well within the shortest lease TTL in use (NTP: milliseconds).
+
+History: ``changes_since`` replays from etcd's own history (a watch from a
+revision), bounded like the other stores by ``history`` changes, and gives
+None once etcd has compacted the revisions needed.
+
+Every client error leaves as ``StoreUnavailable`` (``raise ... from``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any, cast
+
+import grpc
+import structlog
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio._protobuf import (
+    Compare,
+    KVStub,
+    MaintenanceStub,
+    RangeRequest,
+    RequestOp,
+    StatusRequest,
+    TxnRequest,
+)
+from etcd3aio.kv import KVService, SortOrder, SortTarget
+from runguard.server.core import Change, ChangeKind, GuardDoc, without_waiters_of
+from runguard.server.errors import StoreUnavailable, VersionConflict
+from runguard.server.stores.base import Commit, Store, Versioned
+from runguard.server.stores.codec import CodecError, decode_record, encode_record
+
+__all__ = ["EtcdStore"]
+
+log = structlog.get_logger("runguard")
+
+_CLOSED = object()
+
+_FAILURES = (EtcdError, grpc.RpcError, TimeoutError, OSError)
+"""What the client library raises when etcd cannot be reached or answer in time."""
+
+
+def _closing(watch: AsyncIterator[Any]) -> contextlib.aclosing[AsyncGenerator[Any, None]]:
+    """Close an etcd watch (an async generator, typed as an iterator) when the block ends."""
+    return contextlib.aclosing(cast("AsyncGenerator[Any, None]", watch))
+
+
+@dataclasses.dataclass
+class _Subscriber:
+    after: int
+    queue: asyncio.Queue[Commit | object]
+
+
+class EtcdStore(Store):
+    """Guard documents in an etcd cluster, shared by every replica using the same prefix.
+
+    Args:
+        endpoints: ``host:port`` of the cluster's members; calls go to the
+            live ones (round robin) and fail over when one dies.
+        prefix: the key prefix every key of this store lives under.
+        fencing_floor: the first fencing token of a guard never written.
+        history: changes ``changes_since`` replays at most (whole commits).
+        timeout: seconds one etcd call may take.
+        presence_ttl: seconds of the lease behind this replica's presence key:
+            how long after a replica dies its queued waiters are dropped.
+
+    Raises:
+        StoreUnavailable: no endpoint answered while the store was opened.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "runguard",
+        *,
+        fencing_floor: int,
+        history: int = 10_000,
+        timeout: float = 3.0,
+        presence_ttl: int = 5,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("an etcd store needs at least one endpoint")
+        self._endpoints = list(endpoints)
+        self._prefix = prefix.strip("/")
+        self._guards = f"{self._prefix}/g/".encode()
+        self._presence = f"{self._prefix}/r/".encode()
+        self._fencing_floor = fencing_floor
+        self._history = history
+        self._timeout = timeout
+        self._presence_ttl = presence_ttl
+        self._replica = uuid.uuid4().hex[:16]
+        self._live: set[str] = {self._replica}
+        self._dead: set[str] = set()
+        self._read_cache: dict[str, tuple[int, GuardDoc]] = {}
+        self._subscribers: list[_Subscriber] = []
+        self._client: Etcd3Client | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started: asyncio.Task[None] | None = None
+        self._closed = False
+        self._epoch, self._revision = self._bootstrap()
+
+    # -- opening (blocking, once, before the server serves) -------------------
+
+    def _bootstrap(self) -> tuple[str, int]:
+        """The epoch and the newest revision, read with a blocking client, endpoint by endpoint."""
+        epoch_key = f"{self._prefix}/meta/epoch".encode()
+        errors: list[str] = []
+        for endpoint in self._endpoints:
+            with grpc.insecure_channel(endpoint) as channel:
+                try:
+                    status = MaintenanceStub(channel).Status(StatusRequest(), timeout=self._timeout)
+                    # Create-if-absent then read: idempotent, so safe to repeat.
+                    created = KVStub(channel).Txn(
+                        TxnRequest(
+                            compare=[KVService.txn_compare_create_revision(epoch_key, 0)],
+                            success=[KVService.txn_op_put(epoch_key, uuid.uuid4().hex)],
+                            failure=[KVService.txn_op_get(epoch_key)],
+                        ),
+                        timeout=self._timeout,
+                    )
+                    token = KVStub(channel).Range(
+                        RangeRequest(key=epoch_key), timeout=self._timeout
+                    )
+                    newest = KVStub(channel).Range(self._newest_request(), timeout=self._timeout)
+                except grpc.RpcError as error:
+                    detail = error.details() if isinstance(error, grpc.Call) else str(error)
+                    errors.append(f"{endpoint}: {detail}")
+                    continue
+            del created
+            cluster = status.header.cluster_id
+            epoch = f"{cluster:x}-{token.kvs[0].value.decode()}"
+            return epoch, newest.kvs[0].mod_revision if newest.kvs else 0
+        raise StoreUnavailable(f"no etcd endpoint answered: {', '.join(errors)}")
+
+    def _newest_request(self) -> RangeRequest:
+        """The guard key written last (its mod_revision is the store's newest revision)."""
+        return RangeRequest(
+            key=self._guards,
+            range_end=prefix_range_end(self._guards),
+            sort_order=int(SortOrder.DESCEND),
+            sort_target=int(SortTarget.MOD),
+            limit=1,
+            keys_only=True,
+        )
+
+    # -- running -------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    @property
+    def replica(self) -> str:
+        return self._replica
+
+    def _see(self, revision: int) -> None:
+        self._revision = max(self._revision, revision)
+
+    def _api(self) -> Etcd3Client:
+        """The connected client (background tasks run only once it is)."""
+        assert self._client is not None
+        return self._client
+
+    async def _kv(self) -> KVService:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if self._started is None or (
+            self._started.done()
+            and not self._started.cancelled()
+            and self._started.exception() is not None
+        ):
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        try:
+            await asyncio.shield(self._started)
+        except _FAILURES as error:
+            raise StoreUnavailable(f"etcd: {error}") from error
+        assert self._client is not None
+        assert self._client.kv is not None
+        return self._client.kv
+
+    async def _start(self) -> None:
+        """Connect, and be present before this replica queues anybody (a waiter whose
+        replica has no presence key would count as abandoned)."""
+        if self._client is None:
+            client = Etcd3Client(self._endpoints, rpc_max_attempts=3)
+            await client.connect()
+            self._client = client
+        lease = await self._present()
+        if self._closed:
+            return
+        self._tasks.append(
+            asyncio.create_task(self._keep_present(lease), name="runguard-etcd-presence")
+        )
+        self._tasks.append(asyncio.create_task(self._follow_presence(), name="runguard-etcd-peers"))
+
+    def _key(self, guard: str) -> bytes:
+        return self._guards + guard.encode()
+
+    def _name(self, key: bytes) -> str:
+        return key[len(self._guards) :].decode()
+
+    # -- presence of replicas ----------------------------------------------------
+
+    async def _present(self) -> int:
+        """Put this replica's presence key on a new lease; returns the lease."""
+        client = self._api()
+        assert client.lease is not None
+        assert client.kv is not None
+        granted = await client.lease.grant(self._presence_ttl, timeout=self._timeout)
+        key = self._presence + self._replica.encode()
+        await client.kv.put(key, b"", lease=granted.ID, timeout=self._timeout)
+        return int(granted.ID)
+
+    async def _keep_present(self, lease: int) -> None:
+        """Hold this replica's presence key; make a new lease if the old one is lost."""
+        assert self._client is not None
+        assert self._client.lease is not None
+        lease_api = self._client.lease
+        while True:
+            try:
+                if not lease:
+                    lease = await self._present()
+                await asyncio.sleep(max(0.2, self._presence_ttl / 3))
+                stream = lease_api.keep_alive(lease)
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        async for answer in stream:
+                            if answer.TTL <= 0:  # the lease ran out: be present again
+                                lease = 0
+                            break
+                finally:
+                    stream.cancel()
+            except asyncio.CancelledError:
+                if lease:
+                    with contextlib.suppress(*_FAILURES):
+                        await lease_api.revoke(lease, timeout=1.0)
+                raise
+            except _FAILURES as error:
+                log.warning("etcd_presence_failed", error=str(error))
+                await asyncio.sleep(0.5)
+
+    async def _follow_presence(self) -> None:
+        """Learn which replicas come and go, from their presence keys."""
+        assert self._client is not None
+        assert self._client.watch is not None
+        while True:
+            try:
+                kv = self._api().kv
+                assert kv is not None
+                found = await kv.get(
+                    self._presence, prefix_range_end(self._presence), timeout=self._timeout
+                )
+                for item in found.kvs:
+                    self._live.add(item.key[len(self._presence) :].decode())
+                watch = self._client.watch.watch(
+                    self._presence,
+                    prefix_range_end(self._presence),
+                    start_revision=found.header.revision + 1,
+                )
+                async with _closing(watch) as responses:
+                    async for response in responses:
+                        for event in response.events:
+                            name = event.kv.key[len(self._presence) :].decode()
+                            if event.type == 1:  # DELETE: the replica's lease ran out
+                                self._live.discard(name)
+                                if name != self._replica:
+                                    self._dead.add(name)
+                            else:
+                                self._live.add(name)
+                                self._dead.discard(name)
+                        if response.canceled:
+                            break
+            except _FAILURES as error:
+                log.warning("etcd_peers_failed", error=str(error))
+                await asyncio.sleep(0.5)
+
+    async def _gone(self, owners: set[str]) -> set[str]:
+        """Which of ``owners`` are replicas known to be gone (asking etcd about new names)."""
+        unknown = owners - self._live - self._dead - {""}
+        if unknown:
+            kv = await self._kv()
+            for name in unknown:
+                found = await self._call(
+                    kv.get(self._presence + name.encode(), timeout=self._timeout)
+                )
+                (self._live if found.kvs else self._dead).add(name)
+        return owners & self._dead
+
+    async def _visible(self, doc: GuardDoc) -> GuardDoc:
+        """The document without the waiters of replicas that are gone."""
+        if not doc.queue:
+            return doc
+        return without_waiters_of(doc, await self._gone({w.owner for w in doc.queue}))
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def _call(self, call: Any) -> Any:
+        """Await one (retry-safe) client call; its failures leave as StoreUnavailable."""
+        try:
+            return await call
+        except _FAILURES as error:
+            raise StoreUnavailable(f"etcd: {error}") from error
+
+    def _new(self, guard: str) -> GuardDoc:
+        return GuardDoc(name=guard, next_fencing=self._fencing_floor)
+
+    async def read(self, guard: str) -> Versioned:
+        kv = await self._kv()
+        found = await self._call(kv.get(self._key(guard), timeout=self._timeout))
+        if not found.kvs:
+            self._read_cache[guard] = (0, self._new(guard))
+            return Versioned(self._new(guard), 0)
+        item = found.kvs[0]
+        self._see(item.mod_revision)
+        doc = await self._visible(self._decode(item.value, item.mod_revision).doc)
+        self._read_cache[guard] = (item.mod_revision, doc)
+        return Versioned(doc, item.mod_revision)
+
+    def _decode(self, value: bytes, revision: int) -> Any:
+        try:
+            return decode_record(value, revision)
+        except CodecError as error:
+            raise StoreUnavailable(f"etcd holds a bad guard record: {error}") from error
+
+    async def commit(
+        self, guard: str, version: int, doc: GuardDoc, changes: Sequence[Change]
+    ) -> Commit:
+        kv = await self._kv()
+        key = self._key(guard)
+        commit_id = uuid.uuid4().hex
+        value = encode_record(doc, changes, commit_id=commit_id)
+        compare = (
+            KVService.txn_compare_create_revision(key, 0)
+            if version == 0
+            else Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=version)
+        )
+        # A waiter of another replica promoted here: that replica must still be there.
+        owners = sorted(self._promoted_owners(guard, version, changes) - {self._replica, ""})
+        presence = [self._presence + name.encode() for name in owners]
+        compares = [compare] + [
+            Compare(result=Compare.GREATER, target=Compare.CREATE, key=p, create_revision=0)
+            for p in presence
+        ]
+        try:
+            reply = await kv.txn(
+                compares,
+                [KVService.txn_op_put(key, value)],
+                [KVService.txn_op_get(key)] + [KVService.txn_op_get(p) for p in presence],
+                timeout=self._timeout,
+                max_attempts=1,  # never resend a Txn: its first try may have landed
+            )
+        except (*_FAILURES, asyncio.CancelledError) as error:
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            revision = await self._resolve(key, version, commit_id, error)
+        else:
+            if not reply.succeeded:
+                current = reply.responses[0].response_range.kvs
+                moved = (current[0].mod_revision if current else 0) != version
+                for name, answer in zip(owners, reply.responses[1:], strict=True):
+                    if not answer.response_range.kvs:
+                        self._live.discard(name)
+                        self._dead.add(name)
+                raise VersionConflict(
+                    f"guard {guard!r} is no longer at version {version}"
+                    if moved
+                    else f"guard {guard!r}: a promoted waiter's replica is gone"
+                )
+            revision = reply.header.revision
+        self._see(revision)
+        self._read_cache.pop(guard, None)
+        return Commit(
+            revision=revision,
+            guard=guard,
+            doc=doc,
+            changes=tuple(dataclasses.replace(c, revision=revision) for c in changes),
+        )
+
+    def _promoted_owners(self, guard: str, version: int, changes: Sequence[Change]) -> set[str]:
+        cached = self._read_cache.get(guard)
+        if cached is None or cached[0] != version:
+            return set()
+        acquired = {c.run.operation_id for c in changes if c.kind is ChangeKind.ACQUIRED}
+        return {w.owner for w in cached[1].queue if w.operation_id in acquired}
+
+    async def _resolve(self, key: bytes, version: int, commit_id: str, error: BaseException) -> int:
+        """The revision of a Txn whose answer was lost, found by reading the key back.
+
+        Raises:
+            VersionConflict: the guard moved on without it; it can never land.
+            StoreUnavailable: the guard is still at ``version`` (the write may
+                yet land) or etcd cannot be read.
+        """
+        kv = await self._kv()
+        try:
+            found = await kv.get(key, timeout=self._timeout)
+        except _FAILURES as read_error:
+            raise StoreUnavailable(
+                f"etcd: a write's outcome is unknown ({error}) and cannot be read ({read_error})"
+            ) from error
+        if found.kvs:
+            item = found.kvs[0]
+            if self._decode(item.value, item.mod_revision).commit_id == commit_id:
+                return int(item.mod_revision)
+            if item.mod_revision != version:
+                raise VersionConflict("the guard moved on while a write's answer was lost")
+        elif version != 0:
+            raise VersionConflict("the guard is gone")
+        raise StoreUnavailable(f"etcd: a write's outcome is unknown, try again: {error}") from error
+
+    async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
+        kv = await self._kv()
+        ops: list[RequestOp] = [RequestOp(request_range=self._newest_request())]
+        if guards is None:
+            ops.append(KVService.txn_op_get(self._guards, range_end=prefix_range_end(self._guards)))
+        else:
+            ops.extend(KVService.txn_op_get(self._key(name)) for name in guards)
+        reply = await self._call(kv.txn([], ops, timeout=self._timeout))
+        newest = reply.responses[0].response_range.kvs
+        revision = newest[0].mod_revision if newest else 0
+        self._see(revision)
+        if guards is None:
+            items = list(reply.responses[1].response_range.kvs)
+            docs = [self._decode(i.value, i.mod_revision).doc for i in items]
+            docs.sort(key=lambda d: d.name)
+        else:
+            docs = []
+            for name, answer in zip(guards, reply.responses[1:], strict=True):
+                found = answer.response_range.kvs
+                docs.append(
+                    self._decode(found[0].value, found[0].mod_revision).doc
+                    if found
+                    else self._new(name)
+                )
+        return revision, [await self._visible(d) for d in docs]
+
+    async def changes_since(self, after: int) -> list[Change] | None:
+        kv = await self._kv()
+        newest = await self._call(
+            kv.txn([], [RequestOp(request_range=self._newest_request())], timeout=self._timeout)
+        )
+        found = newest.responses[0].response_range.kvs
+        target = found[0].mod_revision if found else 0
+        if after > target:
+            return None
+        if after == target:
+            return []
+        assert self._client is not None
+        assert self._client.watch is not None
+        commits: list[list[Change]] = []
+        total = 0
+        watch = self._client.watch.watch(
+            self._guards, prefix_range_end(self._guards), start_revision=after + 1
+        )
+        try:
+            async with asyncio.timeout(self._timeout * 2), _closing(watch) as responses:
+                async for response in responses:
+                    if response.compact_revision > 0 or response.canceled:
+                        return None  # etcd compacted the revisions needed
+                    for event in response.events:
+                        if event.type != 0:
+                            continue
+                        revision = event.kv.mod_revision
+                        changes = list(self._decode(event.kv.value, revision).changes)
+                        if changes:
+                            commits.append(changes)
+                            total += len(changes)
+                            # Kept like ChangeLog: None once the oldest commit would be evicted.
+                            if total - len(commits[0]) >= self._history:
+                                return None
+                        if revision >= target:
+                            return [c for commit in commits for c in commit]
+        except _FAILURES as error:
+            raise StoreUnavailable(f"etcd: {error}") from error
+        raise StoreUnavailable("etcd: the history watch ended early")
+
+    # -- the feed -------------------------------------------------------------------
+
+    def subscribe(self) -> AsyncIterator[Commit]:
+        subscriber = _Subscriber(self._revision, asyncio.Queue())
+        if self._closed:
+            subscriber.queue.put_nowait(_CLOSED)
+        elif not any(t.get_name() == "runguard-etcd-feed" for t in self._tasks):
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(
+                    self._feed(self._revision + 1), name="runguard-etcd-feed"
+                )
+            )
+        self._subscribers.append(subscriber)
+        return self._drain(subscriber)
+
+    async def _feed(self, start: int) -> None:
+        """One etcd watch on every guard key, handed to each subscriber after its start."""
+        await self._kv()
+        assert self._client is not None
+        assert self._client.watch is not None
+        next_revision = start
+        while True:
+            watch = self._client.watch.watch(
+                self._guards, prefix_range_end(self._guards), start_revision=next_revision
+            )
+            try:
+                async with _closing(watch) as responses:
+                    async for response in responses:
+                        if response.compact_revision > 0:
+                            log.error(
+                                "etcd_feed_compacted",
+                                detail="the feed fell behind etcd's compaction; "
+                                "watchers may have missed changes",
+                                compacted=response.compact_revision,
+                            )
+                            next_revision = response.compact_revision + 1
+                            break
+                        for event in response.events:
+                            if event.type == 0:  # PUT; guard keys are never deleted
+                                await self._deliver(event.kv)
+                            next_revision = event.kv.mod_revision + 1
+            except _FAILURES as error:
+                log.warning("etcd_feed_failed", error=str(error))
+                await asyncio.sleep(0.5)
+
+    async def _deliver(self, item: Any) -> None:
+        revision = int(item.mod_revision)
+        try:
+            record = self._decode(item.value, revision)
+            doc = await self._visible(record.doc)
+        except StoreUnavailable as error:
+            # A record nobody can read is skipped, not retried for ever.
+            log.error(
+                "etcd_feed_bad_record", key=item.key.decode(errors="replace"), error=str(error)
+            )
+            return
+        commit = Commit(
+            revision=revision, guard=self._name(item.key), doc=doc, changes=record.changes
+        )
+        self._see(revision)
+        for subscriber in self._subscribers:
+            if revision > subscriber.after:
+                subscriber.queue.put_nowait(commit)
+
+    async def _drain(self, subscriber: _Subscriber) -> AsyncIterator[Commit]:
+        try:
+            while True:
+                item = await subscriber.queue.get()
+                if item is _CLOSED:
+                    return
+                assert isinstance(item, Commit)
+                yield item
+        finally:
+            self._subscribers.remove(subscriber)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._started is not None:
+            self._started.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_FAILURES):
+                await self._started
+        while self._tasks:
+            tasks, self._tasks = self._tasks, []
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, *_FAILURES):
+                    await task
+        if self._client is not None:
+            await self._client.close()
+        for subscriber in self._subscribers:
+            subscriber.queue.put_nowait(_CLOSED)
