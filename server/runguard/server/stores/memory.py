@@ -8,7 +8,6 @@ average. The epoch is random, so watchers of the old process resync.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -16,10 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from runguard.server.core import Change, ChangeLog, GuardDoc
 from runguard.server.errors import VersionConflict
 from runguard.server.stores.base import Commit, Store, Versioned
+from runguard.server.stores.fanout import Fanout
 
 __all__ = ["MemoryStore"]
-
-_CLOSED = object()
 
 
 class MemoryStore(Store):
@@ -31,7 +29,7 @@ class MemoryStore(Store):
         self._docs: dict[str, Versioned] = {}
         self._revision = 0
         self._log = ChangeLog(history)
-        self._subscribers: list[asyncio.Queue[Commit | object]] = []
+        self._feed = Fanout()
 
     @property
     def epoch(self) -> str:
@@ -64,8 +62,7 @@ class MemoryStore(Store):
         )
         self._docs[guard] = Versioned(doc, version + 1)
         self._log.append(commit.changes)
-        for queue in self._subscribers:
-            queue.put_nowait(commit)
+        self._feed.publish(commit)
         return commit
 
     async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
@@ -78,24 +75,7 @@ class MemoryStore(Store):
         return self._log.since(after)
 
     def subscribe(self) -> AsyncIterator[Commit]:
-        # Unbounded on purpose: the only subscriber is the server's own feed
-        # task, which hands each commit on without awaiting anything slow.
-        # Registered here, not on first iteration, so no commit slips by.
-        queue: asyncio.Queue[Commit | object] = asyncio.Queue()
-        self._subscribers.append(queue)
-        return self._drain(queue)
-
-    async def _drain(self, queue: asyncio.Queue[Commit | object]) -> AsyncIterator[Commit]:
-        try:
-            while True:
-                item = await queue.get()
-                if item is _CLOSED:
-                    return
-                assert isinstance(item, Commit)
-                yield item
-        finally:
-            self._subscribers.remove(queue)
+        return self._feed.subscribe()
 
     async def close(self) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(_CLOSED)
+        self._feed.close()

@@ -47,12 +47,12 @@ from runguard.server.stores.codec import (
     encode_change,
     encode_doc,
 )
+from runguard.server.stores.fanout import Fanout
 
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
 
-_CLOSED = object()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,7 +107,7 @@ class SqliteStore(Store):
         self._fencing_floor = fencing_floor
         self._history = history
         self._slack = max(1, history // 10)
-        self._subscribers: list[asyncio.Queue[Commit | object]] = []
+        self._feed = Fanout()
         self._closed = False
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runguard-sqlite")
         try:
@@ -271,8 +271,7 @@ class SqliteStore(Store):
 
     def _publish(self, commit: Commit) -> None:
         self._revision = max(self._revision, commit.revision)
-        for queue in self._subscribers:
-            queue.put_nowait(commit)
+        self._feed.publish(commit)
 
     async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
         def work() -> tuple[int, list[GuardDoc]]:
@@ -307,24 +306,7 @@ class SqliteStore(Store):
         return await self._run(work)
 
     def subscribe(self) -> AsyncIterator[Commit]:
-        # Unbounded on purpose, as for memory://: the only subscriber is the
-        # server's own feed task. Registered now, so no commit slips by.
-        queue: asyncio.Queue[Commit | object] = asyncio.Queue()
-        if self._closed:
-            queue.put_nowait(_CLOSED)
-        self._subscribers.append(queue)
-        return self._drain(queue)
-
-    async def _drain(self, queue: asyncio.Queue[Commit | object]) -> AsyncIterator[Commit]:
-        try:
-            while True:
-                item = await queue.get()
-                if item is _CLOSED:
-                    return
-                assert isinstance(item, Commit)
-                yield item
-        finally:
-            self._subscribers.remove(queue)
+        return self._feed.subscribe()
 
     async def close(self) -> None:
         if self._closed:
@@ -335,5 +317,4 @@ class SqliteStore(Store):
             await loop.run_in_executor(self._worker, self._db.close)
         self._worker.shutdown(wait=True)
         os.close(self._lock)
-        for queue in self._subscribers:
-            queue.put_nowait(_CLOSED)
+        self._feed.close()
