@@ -301,24 +301,24 @@ def test_run_refused_does_not_run_the_command(
 def test_run_renews_a_short_lease_for_the_whole_command(
     server: Served, cli: Cli, client: Client, guard: str, tmp_path: Path
 ) -> None:
-    """run --ttl 1.5 keeps renewing, so a 3.5 s command holds the slot throughout and exits 0."""
+    """run --ttl 3 keeps renewing, so a 5 s command holds the slot throughout and exits 0."""
     started = tmp_path / "started"
     command = runguard_command(
         "run",
         server.address,
         guard,
         "--ttl",
-        "1.5",
+        "3",
         "--operation-id",
         "op-long",
         "--",
         "sh",
         "-c",
-        f"touch {shlex.quote(str(started))}; sleep 3.5",
+        f"touch {shlex.quote(str(started))}; sleep 5",
     )
     with background(command) as run:
         wait_until(started.exists)
-        time.sleep(1.8)  # past the first lease: only renewals keep it
+        time.sleep(3.5)  # past the first lease: only renewals keep it
         assert held(cli, guard) == ["op-long"]
         _, stderr = run.communicate(timeout=20)
         assert run.returncode == 0, stderr
