@@ -15,7 +15,6 @@ the contract are checked against what was observed, not against the model.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,9 +54,9 @@ from runguard.server.errors import LeaseLost, LeaseMismatch, OperationConflict, 
 
 OPS = ["a", "b", "c", "d", "e", "f"]
 FINGERPRINTS = ["fp-1", "fp-2", "fp-3", "fp-4"]
-EIGHTHS = st.integers(min_value=0, max_value=48).map(lambda k: k / 8)
-TTLS = st.one_of(st.none(), st.integers(min_value=1, max_value=80).map(lambda k: k / 8))
-WAITS = st.one_of(st.just(0.0), st.integers(min_value=1, max_value=160).map(lambda k: k / 8))
+EIGHTHS = st.sampled_from([k / 8 for k in range(49)])
+TTLS = st.one_of(st.none(), st.sampled_from([k / 8 for k in range(1, 81)]))
+WAITS = st.one_of(st.just(0.0), st.sampled_from([k / 8 for k in range(1, 161)]))
 START = 1_000.0
 
 # --- the reference model --------------------------------------------------------------
@@ -98,6 +97,17 @@ class Model:
     last_release: dict[str, tuple[ReleaseReason, float]] = field(default_factory=dict)
     events: list[tuple[ChangeKind, str, ReleaseReason | None, int]] = field(default_factory=list)
     dirty: bool = False
+
+    def clone(self) -> Model:
+        """A copy to run one command on (committed only if the core agrees)."""
+        return Model(
+            policy=self.policy,
+            next_fencing=self.next_fencing,
+            holders=[dataclasses.replace(h) for h in self.holders],
+            queue=[dataclasses.replace(w) for w in self.queue],
+            accepted=dict(self.accepted),
+            last_release=dict(self.last_release),
+        )
 
     def holder(self, op: str) -> MHolder | None:
         return next((h for h in self.holders if h.op == op), None)
@@ -326,9 +336,7 @@ class CoreMachine(RuleBasedStateMachine):
     ) -> Transition[Any] | None:
         """Run a command on the core and the model, compare them, and commit like a store."""
         before = self.doc
-        model = copy.deepcopy(self.model)
-        model.dirty = False
-        model.events = []
+        model = self.model.clone()
         expected = model_step(model)
         error: RunGuardError | None = None
         try:
@@ -371,9 +379,7 @@ class CoreMachine(RuleBasedStateMachine):
                 holders = [r for r in holders if r.operation_id != change.run.operation_id]
             assert change.state.guard == "g"
             assert change.state.capacity == self.policy.capacity
-            assert [r.operation_id for r in change.state.holders] == [
-                r.operation_id for r in holders
-            ]
+            assert list(change.state.holders) == holders
             assert change.state.queue_length == queue_length
             assert change.revision == 0
 
@@ -582,6 +588,12 @@ class CoreMachine(RuleBasedStateMachine):
             assert len(later) > self.history
         else:
             assert replay == later
+        # The last ``history`` changes, rounded up to whole commits, are all kept.
+        if self.committed:
+            oldest_kept = self.committed[-min(self.history, len(self.committed))].revision
+            assert self.log.since(oldest_kept - 1) == [
+                c for c in self.committed if c.revision >= oldest_kept
+            ]
 
     # --- invariants -------------------------------------------------------------------
 
