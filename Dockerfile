@@ -1,6 +1,6 @@
 # RunGuard's server image.
 #   docker build -t runguard .
-#   docker run --rm -p 50051:50051 runguard
+#   docker run --rm -p 127.0.0.1:50051:50051 runguard
 # Stage 1 installs the dependencies into a virtualenv, in a layer of their own that is
 # rebuilt only when pyproject.toml changes, and then RunGuard itself. Stage 2 copies
 # that virtualenv onto the same base image and runs it as an unprivileged user.
@@ -38,5 +38,7 @@ COPY --from=builder /opt/runguard /opt/runguard
 USER 10001:10001
 EXPOSE 50051
 HEALTHCHECK CMD ["runguard", "health", "--target", "127.0.0.1:50051"]
-# SIGTERM (docker stop) drains; a second signal exits at once.
-CMD ["runguard", "serve", "--listen", "0.0.0.0:50051"]
+# SIGTERM (docker stop) drains; a second signal exits at once. A container listens on all its
+# interfaces, which RunGuard refuses without TLS or tokens unless told --insecure: publish
+# the port on loopback, or run a command with --tls-cert/--tls-key or --auth-tokens.
+CMD ["runguard", "serve", "--listen", "0.0.0.0:50051", "--insecure"]

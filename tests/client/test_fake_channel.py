@@ -27,6 +27,7 @@ from runguard.client import (
     RetryPolicy,
     RunGuardError,
     RunRejected,
+    Unauthenticated,
     Unavailable,
 )
 from runguard.v1 import runguard_pb2 as pb
@@ -175,6 +176,7 @@ def _bad_request_trailers() -> tuple[tuple[str, bytes], ...]:
         pytest.param(grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument, id="invalid-argument"),
         pytest.param(grpc.StatusCode.NOT_FOUND, LeaseLost, id="not-found"),
         pytest.param(grpc.StatusCode.PERMISSION_DENIED, PermissionDenied, id="permission-denied"),
+        pytest.param(grpc.StatusCode.UNAUTHENTICATED, Unauthenticated, id="unauthenticated"),
         pytest.param(grpc.StatusCode.ALREADY_EXISTS, AlreadyExists, id="already-exists"),
         pytest.param(grpc.StatusCode.UNAVAILABLE, Unavailable, id="unavailable"),
         pytest.param(grpc.StatusCode.INTERNAL, CallFailed, id="internal"),

@@ -9,10 +9,12 @@ Take a slot, keep its lease alive while the job runs, always give it back::
             do_the_work()
 
 A refusal raises ``RunRejected`` (``reason`` "in_flight", "duplicate", ...);
-nothing returns a bare protobuf.
+nothing returns a bare protobuf. A server with TLS or tokens takes
+``Client(target, **connect_options(ca=..., cert=..., key=..., token=...))``.
 """
 
 from runguard.client._async import AsyncClient, AsyncWatch
+from runguard.client._connect import ConnectOptions, connect_options
 from runguard.client._shared import Holding, RetryPolicy
 from runguard.client._sync import Client, Watch
 from runguard.client.errors import (
@@ -23,6 +25,7 @@ from runguard.client.errors import (
     PermissionDenied,
     RunGuardError,
     RunRejected,
+    Unauthenticated,
     Unavailable,
 )
 from runguard.client.models import (
@@ -44,6 +47,7 @@ __all__ = [
     "CallFailed",
     "Change",
     "Client",
+    "ConnectOptions",
     "EndResult",
     "Grant",
     "GuardState",
@@ -57,8 +61,10 @@ __all__ = [
     "RunGuardError",
     "RunRejected",
     "Snapshot",
+    "Unauthenticated",
     "Unavailable",
     "Watch",
     "WatchEvent",
+    "connect_options",
     "fingerprint",
 ]

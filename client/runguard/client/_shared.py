@@ -161,6 +161,7 @@ def run_from(message: pb.Run) -> Run:
         started_at=message.started_at.ToDatetime(tzinfo=UTC),
         expires_at=message.expires_at.ToDatetime(tzinfo=UTC),
         labels=dict(message.labels),
+        principal=message.principal,
     )
 
 

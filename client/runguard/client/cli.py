@@ -4,6 +4,11 @@ Exit codes: 0 done (granted, ended, ...); 75 refused (a rejected Begin, a lost
 lease: try again later); 1 a fault (bad request, wrong token, server
 unreachable); 2 bad usage. ``runguard run`` passes its command's exit code
 through once it ran. ``--json`` prints one JSON object per line for scripts.
+
+A server with TLS or tokens: ``--cacert``, ``--cert``, ``--cert-key`` and
+``--auth-token`` (or ``RUNGUARD_CACERT``, ``RUNGUARD_CERT``, ``RUNGUARD_KEY``,
+``RUNGUARD_TOKEN``; a flag wins). ``--key`` and ``--token`` were taken before
+(the idempotency key, the lease token), hence the longer names.
 """
 
 from __future__ import annotations
@@ -20,12 +25,21 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from runguard.client._connect import ENVIRONMENT, connect_options
 from runguard.client._shared import DEFAULT_TARGET
 from runguard.client._sync import Client
 from runguard.client.errors import InvalidArgument, LeaseLost, RunGuardError, RunRejected
 from runguard.client.models import Change, GuardState, Progress, Run, Snapshot, WatchEvent
 
-__all__ = ["EXIT_FAULT", "EXIT_REFUSED", "VERBS", "add_verbs", "run_verb", "split_command"]
+__all__ = [
+    "EXIT_FAULT",
+    "EXIT_REFUSED",
+    "VERBS",
+    "add_connection_flags",
+    "add_verbs",
+    "run_verb",
+    "split_command",
+]
 
 EXIT_FAULT = 1
 EXIT_REFUSED = 75  # EX_TEMPFAIL: refused for now, try again later
@@ -46,6 +60,24 @@ def _json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
 
 
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """``--cacert``, ``--cert``, ``--cert-key``, ``--auth-token``, defaulting to the environment."""
+    for flag, name, helptext in (
+        ("--cacert", "ca", "PEM file of the CA that signed the server's certificate (TLS)"),
+        ("--cert", "cert", "PEM file of this client's certificate (mTLS)"),
+        ("--cert-key", "key", "PEM file of this client's private key (mTLS)"),
+        ("--auth-token", "token", "bearer token (prefer the variable: flags show in ps)"),
+    ):
+        variable = ENVIRONMENT[name]
+        parser.add_argument(
+            flag,
+            dest=f"connect_{name}",
+            default=os.environ.get(variable) or None,
+            metavar="TOKEN" if name == "token" else "FILE",
+            help=f"{helptext} ({variable})",
+        )
+
+
 def add_verbs(verbs: Any) -> None:
     """Add the client verbs to the ``runguard`` command's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
@@ -54,6 +86,7 @@ def add_verbs(verbs: Any) -> None:
         default=os.environ.get("RUNGUARD_TARGET", DEFAULT_TARGET),
         help="host:port of the server (RUNGUARD_TARGET, 127.0.0.1:50051)",
     )
+    add_connection_flags(common)
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per call (10)")
     common.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -126,6 +159,7 @@ def _run_text(run: Run) -> str:
     return (
         f"{run.guard} {run.operation_id} fencing={run.fencing_token} "
         f"expires={run.expires_at.isoformat(timespec='seconds')}"
+        + (f" by={run.principal}" if run.principal else "")
     )
 
 
@@ -272,7 +306,17 @@ _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 def run_verb(args: argparse.Namespace) -> int:
     """Run a client verb parsed by the ``runguard`` parser; returns the exit code."""
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        options = connect_options(
+            ca=args.connect_ca,
+            cert=args.connect_cert,
+            key=args.connect_key,
+            token=args.connect_token,
+        )
+    except ValueError as error:
+        print(f"runguard {args.verb}: {error}", file=sys.stderr)
+        return 2
+    try:
+        with Client(args.target, timeout=args.timeout, **options) as client:
             return _HANDLERS[args.verb](client, args)
     except (RunRejected, LeaseLost) as error:
         return _refused(args, error)

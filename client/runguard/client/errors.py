@@ -8,7 +8,8 @@ that turns a gRPC status into one of them.
     │                       "wait_timeout" or "queue_full" (a typed outcome, not a fault)
     ├── LeaseLost           the run no longer holds its slot (NOT_FOUND, or seen by a watch)
     ├── InvalidArgument     INVALID_ARGUMENT, with the server's field violations
-    ├── PermissionDenied    PERMISSION_DENIED: wrong lease token
+    ├── PermissionDenied    PERMISSION_DENIED: wrong lease token, or a role the caller lacks
+    ├── Unauthenticated     UNAUTHENTICATED: no credentials, or ones the server does not know
     ├── AlreadyExists       ALREADY_EXISTS: operation_id reused for another submission
     ├── Unavailable         UNAVAILABLE after the retries: server or store down
     └── CallFailed          any other status (DEADLINE_EXCEEDED, INTERNAL, ...)
@@ -33,6 +34,7 @@ __all__ = [
     "PermissionDenied",
     "RunGuardError",
     "RunRejected",
+    "Unauthenticated",
     "Unavailable",
     "error_from_status",
 ]
@@ -94,7 +96,11 @@ class InvalidArgument(RunGuardError):
 
 
 class PermissionDenied(RunGuardError):
-    """The lease token does not match the run."""
+    """The lease token does not match the run, or the caller's roles do not allow the call."""
+
+
+class Unauthenticated(RunGuardError):
+    """The server needs credentials (a client certificate or a bearer token) it did not get."""
 
 
 class AlreadyExists(RunGuardError):
@@ -140,6 +146,8 @@ def error_from_status(
         return LeaseLost(message)
     if code is grpc.StatusCode.PERMISSION_DENIED:
         return PermissionDenied(message)
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(message)
     if code is grpc.StatusCode.ALREADY_EXISTS:
         return AlreadyExists(message)
     if code is grpc.StatusCode.UNAVAILABLE:

@@ -30,6 +30,8 @@ class Run:
     started_at: datetime
     expires_at: datetime
     labels: Mapping[str, str] = field(default_factory=dict)
+    principal: str = ""
+    """Who was granted the run, as the server authenticated it ("" without auth)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

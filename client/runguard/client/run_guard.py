@@ -20,6 +20,9 @@ fingerprints are canonical JSON (equal values, any key order, any language).
 Environment (read when the module is first used):
     RUNGUARD_TARGET   host:port of the server (127.0.0.1:50051)
     RUNGUARD_GUARD    the guard these calls use ("default")
+    RUNGUARD_CACERT, RUNGUARD_CERT, RUNGUARD_KEY   TLS: the server's CA, and this
+                      client's certificate and key (mTLS); any of them turns TLS on
+    RUNGUARD_TOKEN    a bearer token, for a server with a token file
 ``DEDUP_WINDOW_SECS`` and ``MAX_RUN_SECS`` read ``RUN_DEDUP_WINDOW_SECS`` and
 ``RUN_MAX_SECS`` as the seed did; the server enforces its own settings.
 """
@@ -31,6 +34,7 @@ import threading
 from dataclasses import dataclass
 from typing import Optional  # the seed's own signatures
 
+from runguard.client._connect import connect_options_from_env
 from runguard.client._shared import DEFAULT_TARGET, json_payload
 from runguard.client._sync import Client
 from runguard.client.errors import AlreadyExists, RunRejected
@@ -66,7 +70,10 @@ def _connection() -> tuple[Client, str]:
     global _client
     with _lock:
         if _client is None:
-            _client = Client(os.environ.get("RUNGUARD_TARGET", DEFAULT_TARGET))
+            _client = Client(
+                os.environ.get("RUNGUARD_TARGET", DEFAULT_TARGET),
+                **connect_options_from_env(os.environ),
+            )
         return _client, os.environ.get("RUNGUARD_GUARD", "default")
 
 

@@ -55,7 +55,7 @@ END_RESULT_ENDED: EndResult
 END_RESULT_ALREADY_ENDED: EndResult
 
 class Run(_message.Message):
-    __slots__ = ("guard", "operation_id", "fingerprint", "fencing_token", "started_at", "expires_at", "labels")
+    __slots__ = ("guard", "operation_id", "fingerprint", "fencing_token", "started_at", "expires_at", "labels", "principal")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class Run(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     guard: str
     operation_id: str
     fingerprint: str
@@ -77,7 +78,8 @@ class Run(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fencing_token: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    principal: str
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fencing_token: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., principal: _Optional[str] = ...) -> None: ...
 
 class GuardState(_message.Message):
     __slots__ = ("guard", "capacity", "holders", "queue_length")

@@ -1,4 +1,5 @@
-"""The server process: grpc.aio server, health, reflection, logs, graceful stop."""
+"""The server process: grpc.aio server, TLS and authentication, health, reflection, logs,
+graceful stop."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import structlog
 from google.rpc import error_details_pb2  # noqa: F401  # its types in the pool let grpcurl print details
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from runguard.server.config import ServerConfig
+from runguard.server.auth import Authenticator, AuthInterceptor
+from runguard.server.config import ServerConfig, is_loopback
 from runguard.server.coordinator import Coordinator
 from runguard.server.errors import StoreUnavailable
 from runguard.server.metrics import Metrics
 from runguard.server.reflection import add_reflection
-from runguard.server.servicer import RunGuardServicer
+from runguard.server.servicer import RunGuardServicer, add_to_server
 from runguard.server.stores import MemoryStore, Store, open_store
-from runguard.v1 import runguard_pb2, runguard_pb2_grpc
+from runguard.v1 import runguard_pb2
 
 __all__ = ["RunGuardServer", "configure_logging"]
 
@@ -54,7 +56,15 @@ class RunGuardServer:
     """A RunGuard server: ``await start()`` returns the bound port, ``await stop()`` drains."""
 
     def __init__(self, config: ServerConfig, store: Store | None = None) -> None:
+        """Build the server (nothing is bound yet).
+
+        Raises:
+            ValueError: the token file cannot be read or does not parse.
+        """
         self.config = config
+        self.authenticator = Authenticator(
+            tokens_path=config.auth_tokens, client_certificates=config.tls_client_ca is not None
+        )
         self.store = (
             store if store is not None else open_store(config.store_url, history=config.history)
         )
@@ -65,10 +75,15 @@ class RunGuardServer:
         self.health = HealthServicer()
         self._probe: asyncio.Task[None] | None = None
         self.port = 0
-        self._server = grpc.aio.server(options=config.grpc_options())
-        runguard_pb2_grpc.add_RunGuardServiceServicer_to_server(  # type: ignore[no-untyped-call]  # generated code is untyped
-            RunGuardServicer(self.coordinator), self._server
+        self._server = grpc.aio.server(
+            options=config.grpc_options(),
+            interceptors=(
+                [AuthInterceptor(self.authenticator, SERVICE_NAME)]
+                if self.authenticator.enabled
+                else None
+            ),
         )
+        add_to_server(RunGuardServicer(self.coordinator), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         add_reflection(
             self._server,
@@ -82,10 +97,15 @@ class RunGuardServer:
         """Bind, start serving, and mark healthy; returns the port.
 
         Raises:
-            RuntimeError: the address could not be bound.
+            RuntimeError: the address could not be bound, or a TLS file read.
         """
+        credentials = self._credentials()
         try:
-            self.port = self._server.add_insecure_port(self.config.listen)
+            self.port = (
+                self._server.add_secure_port(self.config.listen, credentials)
+                if credentials is not None
+                else self._server.add_insecure_port(self.config.listen)
+            )
         except RuntimeError as error:
             raise RuntimeError(f"cannot listen on {self.config.listen}: {error}") from error
         if self.port == 0:
@@ -105,7 +125,16 @@ class RunGuardServer:
             store=self.config.store_url,
             epoch=self.store.epoch,
             metrics_port=self.metrics_port or None,
+            tls=self.config.tls,
+            client_certificates=self.config.tls_client_ca is not None,
+            auth_tokens=self.config.auth_tokens is not None,
         )
+        if not self.authenticator.enabled and not is_loopback(self.config.listen):
+            log.warning(
+                "unauthenticated",
+                detail=f"{self.config.listen} is not a loopback address and callers are not "
+                "authenticated: whoever reaches it may Begin, End and force-End any run",
+            )
         if isinstance(self.store, MemoryStore):
             log.warning(
                 "memory_store",
@@ -113,6 +142,31 @@ class RunGuardServer:
                 "from the clock (microseconds) so they stay above the last process's",
             )
         return self.port
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials from the configured files, or None for plaintext.
+
+        Raises:
+            RuntimeError: a file cannot be read.
+        """
+        config = self.config
+        if config.tls_cert is None or config.tls_key is None:
+            return None
+        client_ca = (
+            None if config.tls_client_ca is None else _read("tls_client_ca", config.tls_client_ca)
+        )
+        return grpc.ssl_server_credentials(
+            [(_read("tls_key", config.tls_key), _read("tls_cert", config.tls_cert))],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+    def reload_auth(self) -> bool:
+        """Reread the token file (SIGHUP); a bad file keeps the old tokens and is logged.
+
+        Open calls and streams are not touched.
+        """
+        return self.authenticator.reload()
 
     async def _probe_store(self) -> None:
         """Health follows the store: NOT_SERVING while it cannot be reached, SERVING again after."""
@@ -156,3 +210,11 @@ class RunGuardServer:
     async def wait(self) -> None:
         """Until the server stops."""
         await self._server.wait_for_termination()
+
+
+def _read(name: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise RuntimeError(f"cannot read {name} {path}: {error}") from None

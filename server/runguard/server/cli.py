@@ -4,6 +4,9 @@
 Environment (flags win): ``RUN_DEDUP_WINDOW_SECS`` (5) and ``RUN_MAX_SECS``
 (1800) keep the seed's meaning; ``RUNGUARD_LISTEN`` and ``RUNGUARD_STORE``
 give the listen address and store URL.
+
+Signals of ``serve``: SIGTERM and SIGINT drain and stop (a second one exits at
+once); SIGHUP rereads the ``--auth-tokens`` file.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from runguard.client.cli import VERBS, add_verbs, run_verb, split_command
+from runguard.client._connect import connect_options
+from runguard.client.cli import VERBS, add_connection_flags, add_verbs, run_verb, split_command
 from runguard.server.app import RunGuardServer, configure_logging
 from runguard.server.config import ServerConfig
 from runguard.server.errors import StoreUnavailable
@@ -68,16 +72,55 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help="host:port to serve Prometheus /metrics on (off by default)"
     )
+    serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS")
+    serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA(s) of client certificates: require one (mTLS); its identity is the principal",
+    )
+    serve.add_argument(
+        "--auth-tokens",
+        metavar="FILE",
+        help="bearer tokens, one 'TOKEN PRINCIPAL ROLE[,ROLE]' per line; reread on SIGHUP",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address without TLS or tokens anyway",
+    )
+    serve.add_argument(
+        "--max-watchers-per-principal",
+        type=int,
+        help="Watch streams one authenticated principal may hold open (1000)",
+    )
+    serve.add_argument(
+        "--max-request-bytes", type=int, help="largest request message read (1048576)"
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     health = verbs.add_parser("health", help="exit 0 if a server reports SERVING (for probes)")
     health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    add_connection_flags(health)
     add_verbs(verbs)
     return parser
 
 
-def _health(target: str, timeout: float) -> int:
-    with grpc.insecure_channel(target) as channel:
+def _health(args: argparse.Namespace) -> int:
+    target, timeout = args.target, args.timeout
+    try:
+        credentials = connect_options(
+            ca=args.connect_ca, cert=args.connect_cert, key=args.connect_key
+        )["credentials"]
+    except ValueError as error:
+        print(f"runguard health: {error}", file=sys.stderr)
+        return 2
+    with (
+        grpc.secure_channel(target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(target)
+    ) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
@@ -115,6 +158,13 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
     pick("max_connection_age", args.max_connection_age)
     pick("max_connection_age_grace", args.max_connection_age_grace)
     pick("metrics_listen", args.metrics_listen, None, str)
+    pick("tls_cert", args.tls_cert, None, str)
+    pick("tls_key", args.tls_key, None, str)
+    pick("tls_client_ca", args.tls_client_ca, None, str)
+    pick("auth_tokens", args.auth_tokens, None, str)
+    pick("insecure", args.insecure, None, bool)
+    pick("max_watchers_per_principal", args.max_watchers_per_principal)
+    pick("max_request_bytes", args.max_request_bytes)
     values["capacities"] = dict(args.guard)
     return ServerConfig(**values)  # type: ignore[arg-type]  # keys are ServerConfig's fields
 
@@ -132,6 +182,7 @@ async def _serve(config: ServerConfig) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_auth)
     await server.wait()
     if stopping:
         await stopping[0]
@@ -143,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(own)
     args.command = command
     if args.verb == "health":
-        return _health(args.target, args.timeout)
+        return _health(args)
     if args.verb in VERBS:
         return run_verb(args)
     try:

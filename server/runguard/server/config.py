@@ -5,6 +5,7 @@ Nothing here reads the environment; ``runguard.server.cli`` does, once.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from types import MappingProxyType
 
 from runguard.server.core import GuardPolicy
 
-__all__ = ["DEFAULT_GUARD", "GUARD_PATTERN", "ServerConfig"]
+__all__ = ["DEFAULT_GUARD", "GUARD_PATTERN", "ServerConfig", "is_loopback"]
 
 DEFAULT_GUARD = "default"
 """The guard an empty guard name means."""
@@ -30,6 +31,21 @@ def _positive(name: str, value: float) -> None:
 def _not_negative(name: str, value: float) -> None:
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether host:port names only this machine (``localhost``, 127.0.0.0/8, ``[::1]``)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name may resolve to anything
+
+
+MIN_REQUEST_BYTES = 256 * 1024
+"""The smallest ``max_request_bytes``: above the largest request the limits allow."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +77,22 @@ class ServerConfig:
         max_concurrent_streams: streams per connection; None: grpc's default.
         max_pending_requests: calls accepted but not yet handled.
         metrics_listen: host:port to serve Prometheus metrics on; None: off.
+        tls_cert: PEM file of the server's certificate chain; with ``tls_key``,
+            the server speaks TLS only.
+        tls_key: PEM file of the server's private key.
+        tls_client_ca: PEM file of the CAs that sign client certificates: every
+            client must present one (mTLS), and its identity (first subject
+            alternative name, else common name) is the caller's principal.
+        auth_tokens: a file of bearer tokens (``TOKEN PRINCIPAL ROLE[,ROLE]``
+            per line, see ``runguard.server.auth``), reread on SIGHUP.
+        insecure: allow a non-loopback ``listen`` without TLS or tokens.
+        max_watchers_per_principal: Watch streams one authenticated principal
+            may hold open at once; one more is RESOURCE_EXHAUSTED. (Without
+            authentication every caller is the same anonymous principal, and
+            no such limit applies.)
+        max_request_bytes: the largest request message the server reads
+            (``grpc.max_receive_message_length``); a larger one is refused
+            RESOURCE_EXHAUSTED before it is parsed.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -83,6 +115,13 @@ class ServerConfig:
     max_concurrent_streams: int | None = None
     max_pending_requests: int = 20_000
     metrics_listen: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_tokens: str | None = None
+    insecure: bool = False
+    max_watchers_per_principal: int = 1000
+    max_request_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("listen", "metrics_listen"):
@@ -123,6 +162,40 @@ class ServerConfig:
             raise ValueError(
                 f"max_concurrent_streams must be at least 1, got {self.max_concurrent_streams}"
             )
+        self._check_security()
+
+    def _check_security(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (mTLS is TLS first)")
+        if not (self.tls or self.auth_tokens or self.insecure or is_loopback(self.listen)):
+            raise ValueError(
+                f"listen: refusing to serve {self.listen} without TLS or auth tokens: anybody "
+                "who can reach it could take, end and force-end every run. Give "
+                "--tls-cert/--tls-key (and --tls-client-ca), or --auth-tokens, or --insecure "
+                "to serve a network you trust anyway"
+            )
+        if self.max_watchers_per_principal < 1:
+            raise ValueError(
+                "max_watchers_per_principal must be at least 1, "
+                f"got {self.max_watchers_per_principal}"
+            )
+        if self.max_request_bytes < MIN_REQUEST_BYTES:
+            raise ValueError(
+                f"max_request_bytes must be at least {MIN_REQUEST_BYTES} (the largest valid "
+                f"request fits), got {self.max_request_bytes}"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether callers must prove who they are (client certificates or bearer tokens)."""
+        return self.tls_client_ca is not None or self.auth_tokens is not None
 
     def policy(self, guard: str) -> GuardPolicy:
         """The rules of one guard."""
@@ -146,6 +219,7 @@ class ServerConfig:
             ),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.server.max_pending_requests", self.max_pending_requests),
+            ("grpc.max_receive_message_length", self.max_request_bytes),
         ]
         if self.max_connection_age is not None:
             options.append(("grpc.max_connection_age_ms", int(self.max_connection_age * 1000)))

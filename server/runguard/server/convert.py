@@ -66,6 +66,7 @@ def run_message(run: Run) -> pb.Run:
         started_at=timestamp(run.started_at),
         expires_at=timestamp(run.expires_at),
         labels=dict(run.labels),
+        principal=run.principal,
     )
 
 
@@ -106,8 +107,18 @@ def end_response(result: EndResult) -> pb.EndResponse:
     return pb.EndResponse(result=_END[result])
 
 
+_CHANGE_MESSAGES: dict[int, tuple[WatchEvent, str, pb.WatchResponse]] = {}
+_CHANGE_MESSAGES_KEPT = 256
+"""Messages of the latest changes, by the change's identity (see ``watch_response``)."""
+
+
 def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
-    """One message of a Watch stream."""
+    """One message of a Watch stream.
+
+    The hub hands the same ``Change`` object to every watcher of its guard, so
+    a change's message is built once and shared (it is only serialised, never
+    changed): fan-out to N watchers converts once, not N times.
+    """
     if isinstance(event, Snapshot):
         return pb.WatchResponse(
             epoch=epoch,
@@ -119,6 +130,9 @@ def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
         )
     if isinstance(event, Progress):
         return pb.WatchResponse(epoch=epoch, progress=pb.Progress(revision=event.revision))
+    cached = _CHANGE_MESSAGES.get(id(event))
+    if cached is not None and cached[0] is event and cached[1] == epoch:
+        return cached[2]
     change = pb.Change(
         revision=event.revision,
         kind=_KIND[event.kind],
@@ -127,4 +141,9 @@ def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
     )
     if event.reason is not None:
         change.release_reason = _RELEASE[event.reason]
-    return pb.WatchResponse(epoch=epoch, change=change)
+    message = pb.WatchResponse(epoch=epoch, change=change)
+    if len(_CHANGE_MESSAGES) >= _CHANGE_MESSAGES_KEPT:
+        del _CHANGE_MESSAGES[next(iter(_CHANGE_MESSAGES))]
+    # The entry keeps the change alive, so its id is not reused while cached.
+    _CHANGE_MESSAGES[id(event)] = (event, epoch, message)
+    return message

@@ -150,8 +150,12 @@ class Coordinator:
         ttl: float | None,
         wait: float,
         labels: Labels,
+        principal: str = "",
     ) -> core.Granted | Rejection:
-        """Ask for a slot; with ``wait`` > 0, queue until granted or the wait is over."""
+        """Ask for a slot; with ``wait`` > 0, queue until granted or the wait is over.
+
+        ``principal`` is the authenticated caller ("" without auth): the run shows it.
+        """
         policy = self.config.policy(guard)
         command = BeginCommand(
             operation_id=operation_id,
@@ -161,6 +165,7 @@ class Coordinator:
             wait=wait,
             labels=labels,
             owner=self.store.replica,
+            principal=principal,
         )
         key = (guard, operation_id)
         arrival = self._watch_acquired(key)

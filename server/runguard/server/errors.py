@@ -11,6 +11,9 @@ The servicer maps these to gRPC status codes through one table
     ├── LeaseLost              NOT_FOUND: the run no longer holds its slot
     ├── LeaseMismatch          PERMISSION_DENIED: wrong lease token for a live run
     ├── OperationConflict      ALREADY_EXISTS: operation_id names another submission
+    ├── Unauthenticated        UNAUTHENTICATED: no credentials, or ones the server does not know
+    ├── NotPermitted           PERMISSION_DENIED: the principal lacks the role the call needs
+    ├── TooManyWatchers        RESOURCE_EXHAUSTED: the principal has too many Watch streams open
     ├── ShuttingDown           UNAVAILABLE: the server is draining
     └── StoreError
         ├── StoreUnavailable   UNAVAILABLE: the store cannot be reached
@@ -26,11 +29,14 @@ __all__ = [
     "InvalidArgument",
     "LeaseLost",
     "LeaseMismatch",
+    "NotPermitted",
     "OperationConflict",
     "RunGuardError",
     "ShuttingDown",
     "StoreError",
     "StoreUnavailable",
+    "TooManyWatchers",
+    "Unauthenticated",
     "VersionConflict",
 ]
 
@@ -75,14 +81,37 @@ class LeaseMismatch(RunGuardError):
 
 
 class OperationConflict(RunGuardError):
-    """The operation_id already names a live or queued run with another submission."""
+    """The operation_id already names a live or queued run with another submission
+    (or, with authentication on, of another principal)."""
 
-    def __init__(self, guard: str, operation_id: str) -> None:
+    def __init__(
+        self, guard: str, operation_id: str, *, detail: str = "with a different submission"
+    ) -> None:
         self.guard = guard
         self.operation_id = operation_id
         super().__init__(
             f"operation_id {operation_id!r} already names a run of guard {guard!r} "
-            "with a different submission; use a new operation_id"
+            f"{detail}; use a new operation_id"
+        )
+
+
+class Unauthenticated(RunGuardError):
+    """The call carries no credentials the server accepts; nothing was looked at."""
+
+
+class NotPermitted(RunGuardError):
+    """The caller is known, but none of its roles allows what it asked for."""
+
+
+class TooManyWatchers(RunGuardError):
+    """A principal asked for one more Watch stream than it may hold open at once."""
+
+    def __init__(self, principal: str, limit: int) -> None:
+        self.principal = principal
+        self.limit = limit
+        super().__init__(
+            f"principal {principal!r} already has {limit} Watch streams open, its limit; "
+            "close one first"
         )
 
 

@@ -135,7 +135,10 @@ class Hub:
                 if not watcher.buffer and not watcher.overflowed and not self._closed:
                     watcher.wake.clear()
                     try:
-                        await asyncio.wait_for(watcher.wake.wait(), self._config.progress_interval)
+                        # timeout(), not wait_for(): no extra task per wait (3.11's
+                        # wait_for wraps the wait in one), which fan-out pays per watcher.
+                        async with asyncio.timeout(self._config.progress_interval):
+                            await watcher.wake.wait()
                     except TimeoutError:
                         # The feed may have published while the timeout unwound:
                         # a heartbeat must never pass a change it has not sent.

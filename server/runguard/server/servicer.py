@@ -4,7 +4,16 @@ Every handler validates the whole request first (so a bad one changes
 nothing), calls the coordinator, and converts the outcome. Errors leave
 through one function, which uses the table in ``runguard.server.status``;
 anything unexpected is logged with its traceback and returned as a bare
-INTERNAL, never a stack trace.
+INTERNAL, never a stack trace. A request that does not decode (bad UTF-8 in a
+string, corrupt wire format, nesting past protobuf's limit) reaches its
+handler as :class:`Undecodable` and is refused INVALID_ARGUMENT naming the
+request's type: :func:`add_to_server` registers the service so (grpcio itself
+would answer UNKNOWN).
+
+Who calls is decided before a handler runs (``runguard.server.auth``); the
+handlers read it from :func:`current_principal`: Begin records it on the run,
+Watch counts the principal's open streams, and forced Ends and wrong lease
+tokens are written as ``audit`` lines.
 """
 
 from __future__ import annotations
@@ -14,16 +23,27 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from runguard.server import convert
+from runguard.server.auth import audit, current_principal
 from runguard.server.coordinator import Coordinator
-from runguard.server.errors import RunGuardError
+from runguard.server.errors import (
+    FieldViolation,
+    InvalidArgument,
+    LeaseMismatch,
+    RunGuardError,
+    TooManyWatchers,
+)
 from runguard.server.status import status_of
 from runguard.server.validation import (
+    WatchArgs,
     parse_begin,
     parse_current,
     parse_end,
@@ -32,7 +52,10 @@ from runguard.server.validation import (
 )
 from runguard.v1 import runguard_pb2 as pb
 
-__all__ = ["RunGuardServicer"]
+__all__ = ["SERVICE", "RunGuardServicer", "Undecodable", "add_to_server"]
+
+SERVICE = pb.DESCRIPTOR.services_by_name["RunGuardService"]
+"""The service's descriptor: its full name and methods."""
 
 log = structlog.get_logger("runguard")
 
@@ -45,6 +68,55 @@ Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request whose bytes are not a valid message of its type."""
+
+    message_type: str
+    error: str
+
+    def refusal(self) -> InvalidArgument:
+        """The INVALID_ARGUMENT that answers it, naming the request's type."""
+        reason = self.error.rpartition("': ")[2] or self.error
+        return InvalidArgument(
+            [FieldViolation("request", f"is not a valid {self.message_type}: {reason}")]
+        )
+
+
+def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    name = message_class.DESCRIPTOR.full_name
+
+    def decode(data: bytes) -> Message | Undecodable:
+        try:
+            return message_class.FromString(data)
+        except Exception as error:  # DecodeError, or anything else upb refuses with
+            return Undecodable(name, str(error))
+
+    return decode
+
+
+def add_to_server(servicer: RunGuardServicer, server: grpc.aio.Server) -> None:
+    """Register the service as the generated code does, but with decoders that never raise."""
+    handlers = {}
+    for method in SERVICE.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_decoder(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]  # grpc-stubs predate it
+
+
 def _mapped(
     method: Callable[[RunGuardServicer, Req, Context], Awaitable[Resp]],
 ) -> Callable[[RunGuardServicer, Req, Context], Awaitable[Resp]]:
@@ -53,8 +125,19 @@ def _mapped(
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
+            if isinstance(request, Undecodable):
+                raise request.refusal()
             return await method(self, request, context)
         except RunGuardError as error:
+            if isinstance(error, LeaseMismatch | TooManyWatchers):
+                audit(
+                    method.__name__,
+                    request,
+                    principal=current_principal(),
+                    peer=context.peer(),
+                    refused=type(error).__name__,
+                    reason=str(error),
+                )
             code, message, trailers = status_of(error)
             await context.abort(code, message, trailers)
         except asyncio.CancelledError:
@@ -82,6 +165,8 @@ class RunGuardServicer:
         self._coordinator = coordinator
         self._config = coordinator.config
         self.metrics = coordinator.metrics
+        self._watching: Counter[str] = Counter()
+        """Open Watch streams per authenticated principal."""
 
     @_mapped
     async def Begin(self, request: pb.BeginRequest, context: Context) -> pb.BeginResponse:
@@ -93,6 +178,7 @@ class RunGuardServicer:
             ttl=args.ttl,
             wait=args.wait,
             labels=args.labels,
+            principal=current_principal().name,
         )
         return convert.begin_response(outcome)
 
@@ -102,6 +188,15 @@ class RunGuardServicer:
         result = await self._coordinator.end(
             args.guard, args.operation_id, args.lease_token, force=args.force
         )
+        if args.force:
+            audit(
+                "End",
+                request,
+                principal=current_principal(),
+                peer=context.peer(),
+                action="force",
+                result=result.value,
+            )
         return convert.end_response(result)
 
     @_mapped
@@ -127,6 +222,31 @@ class RunGuardServicer:
     @_mapped
     async def Watch(self, request: pb.WatchRequest, context: Context) -> None:
         args = parse_watch(request)
+        with self._watch_slot(current_principal().name):
+            await self._watch(args, context)
+
+    @contextlib.contextmanager
+    def _watch_slot(self, principal: str) -> Iterator[None]:
+        """Count one more open stream of ``principal`` while the block runs.
+
+        Raises:
+            TooManyWatchers: it already has ``max_watchers_per_principal`` open.
+        """
+        if not principal:  # anonymous: authentication is off, nobody to tell apart
+            yield
+            return
+        limit = self._config.max_watchers_per_principal
+        if self._watching[principal] >= limit:
+            raise TooManyWatchers(principal, limit)
+        self._watching[principal] += 1
+        try:
+            yield
+        finally:
+            self._watching[principal] -= 1
+            if not self._watching[principal]:
+                del self._watching[principal]
+
+    async def _watch(self, args: WatchArgs, context: Context) -> None:
         epoch = self._coordinator.store.epoch
         stream = self._coordinator.hub.stream(args.guards, args.after_revision, args.epoch)
         # aclosing: a cancelled stream unsubscribes now, not when collected;

@@ -13,10 +13,13 @@ from runguard.server.errors import (
     InvalidArgument,
     LeaseLost,
     LeaseMismatch,
+    NotPermitted,
     OperationConflict,
     RunGuardError,
     ShuttingDown,
     StoreUnavailable,
+    TooManyWatchers,
+    Unauthenticated,
 )
 
 __all__ = ["CODES", "status_of"]
@@ -25,7 +28,10 @@ CODES: dict[type[RunGuardError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     LeaseLost: grpc.StatusCode.NOT_FOUND,
     LeaseMismatch: grpc.StatusCode.PERMISSION_DENIED,
+    NotPermitted: grpc.StatusCode.PERMISSION_DENIED,
     OperationConflict: grpc.StatusCode.ALREADY_EXISTS,
+    TooManyWatchers: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }

@@ -35,7 +35,9 @@ def test_zero_dedup_window_from_the_environment_disables_dedup() -> None:
 
 def test_runguard_variables_give_listen_and_store() -> None:
     """RUNGUARD_LISTEN and RUNGUARD_STORE set the listen address and store URL."""
-    config = configure(env={"RUNGUARD_LISTEN": "0.0.0.0:7000", "RUNGUARD_STORE": "memory://x"})
+    config = configure(
+        "--insecure", env={"RUNGUARD_LISTEN": "0.0.0.0:7000", "RUNGUARD_STORE": "memory://x"}
+    )
     assert config.listen == "0.0.0.0:7000"
     assert config.store_url == "memory://x"
 

@@ -10,11 +10,14 @@ from runguard.server.errors import (
     InvalidArgument,
     LeaseLost,
     LeaseMismatch,
+    NotPermitted,
     OperationConflict,
     RunGuardError,
     ShuttingDown,
     StoreError,
     StoreUnavailable,
+    TooManyWatchers,
+    Unauthenticated,
     VersionConflict,
 )
 from runguard.server.status import CODES, DETAILS_KEY, status_of
@@ -24,6 +27,9 @@ EXPECTED: list[tuple[RunGuardError, grpc.StatusCode]] = [
     (LeaseLost("g", "op", "expired 1.0s ago"), grpc.StatusCode.NOT_FOUND),
     (LeaseMismatch("g", "op"), grpc.StatusCode.PERMISSION_DENIED),
     (OperationConflict("g", "op"), grpc.StatusCode.ALREADY_EXISTS),
+    (Unauthenticated("unknown bearer token"), grpc.StatusCode.UNAUTHENTICATED),
+    (NotPermitted("Begin needs the role run or admin"), grpc.StatusCode.PERMISSION_DENIED),
+    (TooManyWatchers("alice", 3), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown("server shutting down"), grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailable("store down"), grpc.StatusCode.UNAVAILABLE),
 ]

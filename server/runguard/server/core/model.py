@@ -87,6 +87,8 @@ class Run:
     started_at: float
     expires_at: float
     labels: Labels = ()
+    principal: str = ""
+    """Who was granted the run (the authenticated caller of its Begin); "" without auth."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +113,8 @@ class Waiter:
     deadline: float
     owner: str = ""
     """The replica whose caller waits for the grant ("" for a single-process store)."""
+    principal: str = ""
+    """Who asked (see ``Run.principal``); the run granted from the queue carries it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,3 +196,5 @@ class BeginCommand:
     labels: Labels = field(default=())
     owner: str = ""
     """The replica the caller waits on if it queues (see ``Waiter.owner``)."""
+    principal: str = ""
+    """The authenticated caller ("" without auth); a replay by another principal conflicts."""

@@ -55,6 +55,8 @@ __all__ = [
 TOMBSTONES_KEPT = 64
 """How many ended runs a guard remembers to explain a lost lease."""
 
+_OTHER_PRINCIPAL = "of another principal"
+
 T = TypeVar("T")
 
 
@@ -123,6 +125,7 @@ class _Work:
         ttl: float,
         labels: tuple[tuple[str, str], ...],
         now: float,
+        principal: str = "",
     ) -> Holder:
         run = Run(
             guard=self.doc.name,
@@ -132,6 +135,7 @@ class _Work:
             started_at=now,
             expires_at=now + ttl,
             labels=labels,
+            principal=principal,
         )
         self.next_fencing += 1
         holder = Holder(run=run, lease_token=lease_token, ttl=ttl)
@@ -174,6 +178,7 @@ class _Work:
                 ttl=waiter.ttl,
                 labels=waiter.labels,
                 now=now,
+                principal=waiter.principal,
             )
 
     def recent(self, fingerprint: str, now: float) -> Accepted | None:
@@ -223,7 +228,8 @@ def begin(
 
     Raises:
         OperationConflict: ``cmd.operation_id`` names a live or queued run of
-            this guard with another fingerprint.
+            this guard with another fingerprint, or of another principal (a
+            replay hands out the lease token, so only its own principal gets it).
     """
     work = _Work(doc, policy)
     work.settle(now)
@@ -231,11 +237,15 @@ def begin(
     if held is not None:
         if held.run.fingerprint != cmd.fingerprint:
             raise OperationConflict(doc.name, cmd.operation_id)
+        if held.run.principal != cmd.principal:
+            raise OperationConflict(doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
         return work.finish(Granted(held.run, held.lease_token, replayed=True), now)
     queued = work.waiter(cmd.operation_id)
     if queued is not None:
         if queued.fingerprint != cmd.fingerprint:
             raise OperationConflict(doc.name, cmd.operation_id)
+        if queued.principal != cmd.principal:
+            raise OperationConflict(doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
         return work.finish(Queued(queued.operation_id, queued.lease_token, queued.deadline), now)
 
     holders = tuple(h.run for h in work.holders)
@@ -308,6 +318,7 @@ def begin(
             enqueued_at=now,
             deadline=now + cmd.wait,
             owner=cmd.owner,
+            principal=cmd.principal,
         )
         work.queue.append(waiter)
         work.dirty = True
@@ -319,6 +330,7 @@ def begin(
         ttl=ttl,
         labels=cmd.labels,
         now=now,
+        principal=cmd.principal,
     )
     return work.finish(Granted(holder.run, holder.lease_token), now)
 

@@ -70,6 +70,7 @@ def _run(run: Run) -> dict[str, Any]:
         "start": run.started_at,
         "exp": run.expires_at,
         "labels": _labels(run.labels),
+        "who": run.principal,
     }
 
 
@@ -91,6 +92,7 @@ def _doc(doc: GuardDoc) -> dict[str, Any]:
                 "at": w.enqueued_at,
                 "deadline": w.deadline,
                 "owner": w.owner,
+                "who": w.principal,
             }
             for w in doc.queue
         ],
@@ -132,6 +134,7 @@ def _from_run(data: dict[str, Any]) -> Run:
         started_at=float(data["start"]),
         expires_at=float(data["exp"]),
         labels=_from_labels(data.get("labels", ())),
+        principal=str(data.get("who", "")),
     )
 
 
@@ -155,6 +158,7 @@ def _from_doc(data: dict[str, Any]) -> GuardDoc:
                 enqueued_at=float(w["at"]),
                 deadline=float(w["deadline"]),
                 owner=w.get("owner", ""),
+                principal=str(w.get("who", "")),
             )
             for w in data.get("queue", ())
         ),
