@@ -36,7 +36,7 @@ from runguard.server.core import (
 from runguard.server.errors import RunGuardError, StoreUnavailable, VersionConflict
 from runguard.server.hub import Hub
 from runguard.server.metrics import Metrics
-from runguard.server.stores import Commit, Store
+from runguard.server.stores import Commit, FeedGap, Store
 
 __all__ = ["Coordinator"]
 
@@ -312,8 +312,11 @@ class Coordinator:
 
     # -- the feed and the expiry timer -------------------------------------
 
-    async def _follow(self, feed: AsyncIterator[Commit]) -> None:
+    async def _follow(self, feed: AsyncIterator[Commit | FeedGap]) -> None:
         async for commit in feed:
+            if isinstance(commit, FeedGap):
+                await self._recover(commit)
+                continue
             try:
                 self._track(commit.doc)
                 self.metrics.queue_length.labels(self.metrics.guard(commit.guard)).set(
@@ -323,6 +326,18 @@ class Coordinator:
                 self.hub.publish(commit)
             except Exception:  # one bad commit must not stop the feed for everybody
                 log.exception("feed_failed", guard=commit.guard, revision=commit.revision)
+
+    async def _recover(self, gap: FeedGap) -> None:
+        """Commits were lost from the feed: every watcher resyncs, every deadline is relearned."""
+        log.warning("feed_gap", after=gap.after)
+        self.hub.resync_all()
+        try:
+            _, docs = await self.store.snapshot(None)
+        except RunGuardError as error:
+            log.warning("feed_gap_rescan_failed", error=str(error))
+            return
+        for doc in docs:
+            self._track(doc)
 
     def _hand_over(self, commit: Commit) -> None:
         """Tell the Begins waiting in this process that their queued call was granted."""

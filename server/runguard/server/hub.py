@@ -86,6 +86,13 @@ class Hub:
             for watcher in self._watchers:
                 watcher.push(commit.changes)
 
+    def resync_all(self) -> None:
+        """Every watcher's next message is a resynced Snapshot (the feed lost commits)."""
+        for watcher in self._watchers:
+            watcher.buffer.clear()
+            watcher.overflowed = True
+            watcher.wake.set()
+
     def close(self) -> None:
         """End every stream with ShuttingDown; refuse new ones."""
         self._closed = True

@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from runguard.server.stores.base import Commit, Store, Versioned
+from runguard.server.stores.base import Commit, FeedGap, Store, Versioned
 from runguard.server.stores.memory import MemoryStore
 from runguard.server.stores.sqlite import SqliteStore
 
 __all__ = [
     "Commit",
+    "FeedGap",
     "MemoryStore",
     "SqliteStore",
     "Store",

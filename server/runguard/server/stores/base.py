@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from runguard.server.core import Change, GuardDoc
 
-__all__ = ["Commit", "Store", "Versioned"]
+__all__ = ["Commit", "FeedGap", "Store", "Versioned"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,14 @@ class Commit:
     guard: str
     doc: GuardDoc
     changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedGap:
+    """In a feed: commits after ``after`` may be missing (a distributed store's history
+    was compacted under a lagging feed). Whoever follows the feed must resync."""
+
+    after: int
 
 
 class Store(abc.ABC):
@@ -101,8 +109,12 @@ class Store(abc.ABC):
         history needed is gone (or ``after`` is not a revision of this epoch)."""
 
     @abc.abstractmethod
-    def subscribe(self) -> AsyncIterator[Commit]:
-        """Every commit from now on, in revision order, until ``close``."""
+    def subscribe(self) -> AsyncIterator[Commit | FeedGap]:
+        """Every commit from now on, in revision order, until ``close``.
+
+        Where the store cannot deliver some commits (its history is gone), it says
+        so with a :class:`FeedGap` in their place, never by skipping silently.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -62,7 +62,7 @@ from etcd3aio._protobuf import (
 from etcd3aio.kv import KVService, SortOrder, SortTarget
 from runguard.server.core import Change, ChangeKind, GuardDoc, without_waiters_of
 from runguard.server.errors import StoreUnavailable, VersionConflict
-from runguard.server.stores.base import Commit, Store, Versioned
+from runguard.server.stores.base import Commit, FeedGap, Store, Versioned
 from runguard.server.stores.codec import CodecError, decode_record, encode_record
 
 __all__ = ["EtcdStore"]
@@ -515,7 +515,7 @@ class EtcdStore(Store):
 
     # -- the feed -------------------------------------------------------------------
 
-    def subscribe(self) -> AsyncIterator[Commit]:
+    def subscribe(self) -> AsyncIterator[Commit | FeedGap]:
         subscriber = _Subscriber(self._revision, asyncio.Queue())
         if self._closed:
             subscriber.queue.put_nowait(_CLOSED)
@@ -545,9 +545,12 @@ class EtcdStore(Store):
                             log.error(
                                 "etcd_feed_compacted",
                                 detail="the feed fell behind etcd's compaction; "
-                                "watchers may have missed changes",
+                                "every watcher is resynced",
                                 compacted=response.compact_revision,
                             )
+                            gap = FeedGap(next_revision - 1)
+                            for subscriber in self._subscribers:
+                                subscriber.queue.put_nowait(gap)
                             next_revision = response.compact_revision + 1
                             break
                         for event in response.events:
@@ -577,13 +580,13 @@ class EtcdStore(Store):
             if revision > subscriber.after:
                 subscriber.queue.put_nowait(commit)
 
-    async def _drain(self, subscriber: _Subscriber) -> AsyncIterator[Commit]:
+    async def _drain(self, subscriber: _Subscriber) -> AsyncIterator[Commit | FeedGap]:
         try:
             while True:
                 item = await subscriber.queue.get()
                 if item is _CLOSED:
                     return
-                assert isinstance(item, Commit)
+                assert isinstance(item, Commit | FeedGap)
                 yield item
         finally:
             self._subscribers.remove(subscriber)
