@@ -6,10 +6,17 @@ Phases, in this order, on one machine:
    guards, etcd Lock/Unlock and Redis SET NX PX on distinct keys, each with 1
    and with ``--in-flight`` calls in flight; then the contended hand-off of
    RunGuard, etcd and Redis (``--contended`` workers on one guard / key);
+   interleaved with them, Begin+End through a second RunGuard server whose
+   store is the bench's etcd (``--store etcd://…``), next to etcd's own
+   Lock/Unlock;
 2. Watch fan-out for each ``--watchers`` count: the ceiling (a no-op
    broadcast to idle streams) and RunGuard, each on a fresh server (so its
    memory before the watchers is a clean baseline), then etcd's watch of one
-   key with the same count.
+   key with the same count;
+3. the history check: ``--history-replicas`` RunGuard servers on one
+   ``etcd://`` prefix of the bench's etcd, ``--history-clients`` clients
+   recording every Begin/End/expiry outcome for ``--history-seconds``, the
+   whole history judged by ``tests/history.py``'s checker (``bench/history.py``).
 
 Progress goes to stderr, the table to stdout.
 """
@@ -24,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +39,7 @@ from typing import Any
 
 from bench import report
 from bench.fanout import FanoutResult, FanoutSpec, run_fanout
+from bench.history import CAPACITIES, DEDUP_WINDOW, HistoryResult, run_history
 from bench.load import LoadResult, LoadSpec, check_shared_clock, run_load
 from bench.peers import Missing, Proc, start_etcd, start_redis, start_runguard
 from bench.profiling import Profiler, summarize
@@ -72,6 +81,19 @@ def _parser() -> argparse.ArgumentParser:
         "--fanout-budget", type=float, help="most seconds of rounds per fan-out row (120)"
     )
     parser.add_argument(
+        "--history-seconds",
+        type=float,
+        help="seconds of recorded history across the replicas (45; --quick: 3)",
+    )
+    parser.add_argument(
+        "--history-replicas",
+        type=int,
+        help="RunGuard replicas on one etcd (3; --quick: 2)",
+    )
+    parser.add_argument(
+        "--history-clients", type=int, default=24, help="clients recording the history (24)"
+    )
+    parser.add_argument(
         "--redis-retry",
         type=float,
         default=0.001,
@@ -80,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to leave out: etcd, redis, load, fanout",
+        help="comma-separated parts to leave out: etcd, redis, load, fanout, history",
     )
     parser.add_argument(
         "--server-log-level",
@@ -139,6 +161,9 @@ class Bench:
         ]
         self.rounds = args.rounds or (10 if quick else 100)
         self.budget = args.fanout_budget or (30.0 if quick else 120.0)
+        self.history_seconds = args.history_seconds or (3.0 if quick else 45.0)
+        self.history_replicas = args.history_replicas or (2 if quick else 3)
+        self.history: HistoryResult | None = None
         self.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
         self.scratch = Path(tempfile.mkdtemp(prefix="runguard-bench-"))
         data_parent = args.peer_data_dir or _tmpfs_root()
@@ -155,8 +180,8 @@ class Bench:
 
     # -- processes ----------------------------------------------------------
 
-    def _runguard(self) -> Proc:
-        proc = start_runguard(self.scratch, self.args.server_log_level)
+    def _runguard(self, *extra: str) -> Proc:
+        proc = start_runguard(self.scratch, self.args.server_log_level, extra=extra)
         self.started.append(proc)
         self.versions["runguard"] = proc.version
         return proc
@@ -248,6 +273,10 @@ class Bench:
         server = self._runguard()
         _say(f"RunGuard bench server on {server.address} (pid {server.pid})")
         etcd, redis = self._peer("etcd"), self._peer("redis")
+        on_etcd: Proc | None = None
+        if etcd is not None:
+            on_etcd = self._runguard("--store", f"etcd://{etcd.address}/bench-load")
+            _say(f"RunGuard on etcd:// server on {on_etcd.address} (pid {on_etcd.pid})")
         n = self.args.in_flight
         plan: list[tuple[str, str, Proc | None, int, bool]] = [
             ("noop-1", "noop", server, 1, False),
@@ -257,20 +286,57 @@ class Bench:
             (f"noop-{n}", "noop", server, n, False),
             (f"runguard-{n}", "runguard", server, n, False),
             (f"etcd-{n}", "etcd", etcd, n, False),
+            (f"rgetcd-{n}", "runguard", on_etcd, n, False),
             (f"redis-{n}", "redis", redis, n, False),
             ("runguard-contended", "runguard", server, self.args.contended, True),
             ("etcd-contended", "etcd", etcd, self.args.contended, True),
+            ("rgetcd-contended", "runguard", on_etcd, self.args.contended, True),
             ("redis-contended", "redis", redis, self.args.contended, True),
         ]
         for key, system, proc, in_flight, contended in plan:
             if proc is None:
                 self.load[key] = None
                 continue
-            pid = server.pid if proc is server else None
+            pid = proc.pid if proc is server or proc is on_etcd else None
             self._load(key, system, proc, in_flight, contended, pid)
-            if not server.alive():
-                raise RuntimeError(f"the RunGuard server died:\n{server.tail()}")
+            for alive in (server, on_etcd):
+                if alive is not None and not alive.alive():
+                    raise RuntimeError(f"a RunGuard server died:\n{alive.tail()}")
         server.stop()
+        if on_etcd is not None:
+            on_etcd.stop()
+
+    def run_history_phase(self) -> None:
+        """Replicas on one etcd prefix, many clients, the whole history checked."""
+        etcd = self._peer("etcd")
+        if etcd is None:
+            return
+        prefix = f"bench-history-{uuid.uuid4().hex[:8]}"
+        extra = ["--store", f"etcd://{etcd.address}/{prefix}"]
+        extra += ["--dedup-window", f"{DEDUP_WINDOW:g}"]
+        for guard, slots in CAPACITIES.items():
+            extra += ["--capacity", f"{guard}={slots}"]
+        try:
+            replicas = [self._runguard(*extra) for _ in range(self.history_replicas)]
+            _say(
+                f"history: {len(replicas)} replicas on etcd://{etcd.address}/{prefix}, "
+                f"{self.args.history_clients} clients for {self.history_seconds:g} s"
+            )
+            result = run_history(
+                [r.address for r in replicas], self.args.history_clients, self.history_seconds
+            )
+        except (RuntimeError, OSError) as error:
+            self.failures.append(f"history check: {error}")
+            _say(f"history check FAILED: {error}")
+            return
+        for replica in replicas:
+            if not replica.alive():
+                result.violations.append(f"replica {replica.address} died:\n{replica.tail()}")
+            replica.stop()
+        self.history = result
+        _say(f"history: {result.summary()}")
+        if result.violations:
+            self.failures.append(f"history check: {len(result.violations)} violations")
 
     def _fanout(self, system: str, proc: Proc, watchers: int) -> None:
         key = f"{system}-fanout-{watchers}"
@@ -363,7 +429,8 @@ class Bench:
             + (" (--quick: small sizes, a smoke run)" if a.quick else "")
             + f": {cores} CPU cores shared by every process below, loopback only",
             f"  RunGuard {self.versions.get('runguard', '?')}: one server process, memory:// "
-            f"store, log level {a.server_log_level}; ceilings on the same grpc.aio server",
+            f"store, log level {a.server_log_level}; ceilings on the same grpc.aio server; "
+            "'on etcd://' rows: a second server whose store is the etcd below",
             f"  etcd {etcd_text}",
             f"  Redis {redis_text}",
             f"  load: closed loop from {a.clients} spawned client processes "
@@ -439,6 +506,24 @@ class Bench:
             redis=self._peer_text("redis", report.us_text(cpu.get("redis-contended"))),
             vs_etcd=ratio(cpu.get("runguard-contended"), cpu.get("etcd-contended")),
         )
+        rg_on = {k: rate_of(runs.get(f"rgetcd-{k}")) for k in (str(n), "contended")}
+        et_on = {str(n): etn, "contended": etc_}
+        for k, label in (
+            (str(n), f"{n} in flight, distinct"),
+            ("contended", f"{a.contended} on one"),
+        ):
+            out.row(
+                f"Begin+End through RunGuard on etcd://, {label}",
+                runguard=self._peer_cell("etcd", runs.get(f"rgetcd-{k}")),
+                etcd=self._peer_cell("etcd", runs.get(f"etcd-{k}")),
+                vs_etcd=ratio(rg_on[k], et_on[k]),
+            )
+            out.row(
+                "  server CPU per cycle, us (RunGuard's process only)",
+                runguard=self._peer_text("etcd", report.us_text(cpu.get(f"rgetcd-{k}"))),
+                etcd=self._peer_text("etcd", report.us_text(cpu.get(f"etcd-{k}"))),
+                vs_etcd=ratio(cpu.get(f"rgetcd-{k}"), cpu.get(f"etcd-{k}")),
+            )
         if "load" in self.skip:
             del out.rows[first_load_row:]
         for watchers in [] if "fanout" in self.skip else self.watchers:
@@ -562,6 +647,16 @@ class Bench:
                 ),
             )
         )
+        history = self.history
+        if history is not None:
+            out.notes.append(
+                f"history check ({history.replicas} RunGuard replicas on one etcd://, "
+                "tests/history.py's checker):"
+            )
+            out.notes.append(f"  {history.summary()}")
+            out.notes.extend(f"  {v}" for v in history.violations[:20])
+        elif "history" not in self.skip:
+            out.notes.append(f"history check: {self._absent('etcd')}")
         if self.failures:
             out.notes.append("FAILURES (rows shown '-'):")
             out.notes.extend(f"  {f}" for f in self.failures)
@@ -613,6 +708,20 @@ class Bench:
             "versions": self.versions,
             "load": {k: load(v) for k, v in self.load.items()},
             "fanout": {f"{s}-{w}": fan(v) for (s, w), v in self.fanout.items()},
+            "history": None
+            if self.history is None
+            else {
+                "operations": self.history.operations,
+                "grants": len(self.history.grants),
+                "expired": self.history.expired,
+                "duplicates": len(self.history.duplicates),
+                "rejected": self.history.rejected,
+                "unavailable": self.history.unavailable,
+                "violations": self.history.violations,
+                "replicas": self.history.replicas,
+                "clients": self.history.clients,
+                "seconds": self.history.seconds,
+            },
             "failures": self.failures,
         }
 
@@ -638,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.run_load_phases()
         if "fanout" not in bench.skip:
             bench.run_fanout_phases()
+        if "history" not in bench.skip:
+            bench.run_history_phase()
         table = bench.build().render()
         if args.json is not None:
             args.json.write_text(json.dumps(bench.raw(), indent=2))

@@ -138,14 +138,20 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def start_runguard(scratch: Path, log_level: str, timeout: float = 30.0) -> Proc:
-    """The bench's RunGuard server (``python -m bench.server``) on a free loopback port."""
+def start_runguard(
+    scratch: Path, log_level: str, timeout: float = 30.0, extra: tuple[str, ...] = ()
+) -> Proc:
+    """The bench's RunGuard server (``python -m bench.server``) on a free loopback port.
+
+    ``extra`` goes to it as arguments (``--store URL``, ``--capacity G=N``, ...).
+    """
     log = scratch / f"runguard-{len(list(scratch.glob('runguard-*.log')))}.log"
     with log.open("ab") as sink:
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "bench.server"),
                 *("--listen", "127.0.0.1:0", "--log-level", log_level),
+                *extra,
             ],
             cwd=REPO,
             stdout=subprocess.PIPE,

@@ -1,10 +1,11 @@
 """The bench's RunGuard server: ``python -m bench.server --listen 127.0.0.1:0``.
 
 It is the product's :class:`RunGuardServer` (the same grpc.aio server, options,
-interceptors, health and reflection, the ``memory://`` store and the same JSON
-logs as ``runguard serve``) with three bench-only methods registered on that
-same grpc.aio server, the ceilings RunGuard is measured against. They carry raw
-bytes (no protobuf) and hold no state beyond what the stack needs:
+interceptors, health and reflection, the ``memory://`` store unless ``--store``
+names another, and the same JSON logs as ``runguard serve``) with three
+bench-only methods registered on that same grpc.aio server, the ceilings
+RunGuard is measured against. They carry raw bytes (no protobuf) and hold no
+state beyond what the stack needs:
 
 - ``Noop`` (unary): returns at once. Its rate is what the stack does per call
   with no guard logic.
@@ -79,9 +80,19 @@ class _Ceilings:
         )
 
 
-async def _serve(listen: str, log_level: str) -> None:
-    configure_logging(log_level)
-    server = RunGuardServer(ServerConfig(listen=listen))
+async def _serve(args: argparse.Namespace) -> None:
+    configure_logging(args.log_level)
+    capacities: dict[str, int] = {}
+    for item in args.capacity:
+        guard, _, slots = item.rpartition("=")
+        capacities[guard] = int(slots)
+    config = ServerConfig(
+        listen=args.listen,
+        store_url=args.store,
+        capacities=capacities,
+        dedup_window=args.dedup_window,
+    )
+    server = RunGuardServer(config)
     # The product's own grpc.aio server object, so the ceilings run on exactly
     # the stack Begin, End and Watch run on (options, interceptors and all).
     server._server.add_generic_rpc_handlers((_Ceilings().handler(),))
@@ -100,9 +111,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.server")
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument("--store", default="memory://", help="store URL (memory://)")
+    parser.add_argument("--capacity", action="append", default=[], help="GUARD=SLOTS, repeatable")
+    parser.add_argument("--dedup-window", type=float, default=5.0, help="seconds (5)")
     args = parser.parse_args()
     try:
-        asyncio.run(_serve(args.listen, args.log_level))
+        asyncio.run(_serve(args))
     except KeyboardInterrupt:
         sys.exit(130)
 
