@@ -448,8 +448,8 @@ class CoreMachine(RuleBasedStateMachine):
         # Dedup entries: every submission accepted within the window, and (once the
         # document was written) nothing older, so the document stays bounded.
         window = self.policy.dedup_window
-        kept = {a.run.fingerprint: (a.accepted_at, a.run.operation_id) for a in doc.accepted}
-        assert len(kept) == len(doc.accepted)
+        assert all(fp == a.run.fingerprint for fp, a in doc.accepted.items())
+        kept = {fp: (a.accepted_at, a.run.operation_id) for fp, a in doc.accepted.items()}
         assert {fp: hit for fp, hit in kept.items() if self.now - hit[0] < window} == {
             fp: hit for fp, hit in model.accepted.items() if self.now - hit[0] < window
         }
@@ -489,7 +489,7 @@ class CoreMachine(RuleBasedStateMachine):
         """Time jumps exactly onto a lease expiry, a wait deadline or a dedup-window edge."""
         edges = [h.run.expires_at for h in self.doc.holders]
         edges += [w.deadline for w in self.doc.queue]
-        edges += [a.accepted_at + self.policy.dedup_window for a in self.doc.accepted]
+        edges += [a.accepted_at + self.policy.dedup_window for a in self.doc.accepted.values()]
         edges = sorted(e for e in edges if e >= self.now)
         if edges:
             offset = data.draw(st.sampled_from([0.0, 0.0, -0.125, 0.125]), label="offset")
@@ -529,7 +529,8 @@ class CoreMachine(RuleBasedStateMachine):
         """The same submission comes again just before, at or just after its dedup window ends."""
         window = self.policy.dedup_window
         offset = data.draw(st.sampled_from([-0.125, 0.0, 0.125]), label="offset")
-        edges = [a for a in self.doc.accepted if a.accepted_at + window + offset >= self.now]
+        entries = self.doc.accepted.values()
+        edges = [a for a in entries if a.accepted_at + window + offset >= self.now]
         if edges:
             accepted = data.draw(st.sampled_from(edges), label="accepted")
             self.now = accepted.accepted_at + window + offset

@@ -826,11 +826,11 @@ def test_dedup_entries_older_than_the_window_are_dropped_on_write() -> None:
     doc, _ = hold(new_doc(), SEED, cmd("a", "fp-a"), T0)
     doc = end(doc, SEED, "a", "tok-a", T0 + 1).doc
     doc, _ = hold(doc, SEED, cmd("b", "fp-b"), T0 + 3)
-    assert [a.run.fingerprint for a in doc.accepted] == ["fp-a", "fp-b"]
+    assert [a.run.fingerprint for a in doc.accepted.values()] == ["fp-a", "fp-b"]
 
     doc = end(doc, SEED, "b", "tok-b", T0 + 6).doc
 
-    assert [a.run.fingerprint for a in doc.accepted] == ["fp-b"]
+    assert [a.run.fingerprint for a in doc.accepted.values()] == ["fp-b"]
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,9 @@ DOCS = st.builds(
         tuple
     ),
     queue=st.lists(WAITERS, max_size=3).map(tuple),
-    accepted=st.lists(st.builds(Accepted, run=RUNS, accepted_at=TIMES), max_size=3).map(tuple),
+    accepted=st.lists(st.builds(Accepted, run=RUNS, accepted_at=TIMES), max_size=3).map(
+        lambda entries: {a.run.fingerprint: a for a in entries}
+    ),
     tombstones=st.lists(
         st.builds(Tombstone, operation_id=TEXT, reason=st.sampled_from(ReleaseReason), at=TIMES),
         max_size=3,

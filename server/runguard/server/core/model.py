@@ -8,6 +8,7 @@ since the Unix epoch as floats; the core never reads a clock.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 Labels = tuple[tuple[str, str], ...]
@@ -142,7 +143,9 @@ class GuardDoc:
     next_fencing: int
     holders: tuple[Holder, ...] = ()
     queue: tuple[Waiter, ...] = ()
-    accepted: tuple[Accepted, ...] = ()
+    accepted: Mapping[str, Accepted] = field(default_factory=dict)
+    """Dedup entries by fingerprint, oldest first (a new grant moves its entry last).
+    Never mutated: a transition builds a new mapping."""
     tombstones: tuple[Tombstone, ...] = ()
 
 

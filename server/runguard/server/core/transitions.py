@@ -15,7 +15,7 @@ full; a DUPLICATE only inside the dedup window.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -96,7 +96,8 @@ class _Work:
         self.policy = policy
         self.holders = list(doc.holders)
         self.queue = list(doc.queue)
-        self.accepted = list(doc.accepted)
+        self.accepted: Mapping[str, Accepted] = doc.accepted
+        self._accepted_copied = False
         self.tombstones = list(doc.tombstones)
         self.next_fencing = doc.next_fencing
         self.changes: list[Change] = []
@@ -140,8 +141,10 @@ class _Work:
         self.next_fencing += 1
         holder = Holder(run=run, lease_token=lease_token, ttl=ttl)
         self.holders.append(holder)
-        self.accepted = [a for a in self.accepted if a.run.fingerprint != fingerprint]
-        self.accepted.append(Accepted(run=run, accepted_at=now))
+        # Re-inserted last, so the mapping stays in order of acceptance.
+        accepted = self._own_accepted()
+        accepted.pop(fingerprint, None)
+        accepted[fingerprint] = Accepted(run=run, accepted_at=now)
         self.dirty = True
         self.changes.append(Change(kind=ChangeKind.ACQUIRED, run=run, state=self.view()))
         return holder
@@ -181,16 +184,19 @@ class _Work:
                 principal=waiter.principal,
             )
 
+    def _own_accepted(self) -> dict[str, Accepted]:
+        """The dedup entries, copied on the first change (documents are never mutated)."""
+        if not self._accepted_copied:
+            self.accepted = dict(self.accepted)
+            self._accepted_copied = True
+        assert isinstance(self.accepted, dict)
+        return self.accepted
+
     def recent(self, fingerprint: str, now: float) -> Accepted | None:
-        cutoff = now - self.policy.dedup_window
-        return next(
-            (
-                a
-                for a in self.accepted
-                if a.run.fingerprint == fingerprint and a.accepted_at > cutoff
-            ),
-            None,
-        )
+        found = self.accepted.get(fingerprint)
+        if found is None or found.accepted_at <= now - self.policy.dedup_window:
+            return None
+        return found
 
     def finish(self, outcome: T, now: float) -> Transition[T]:
         if not self.dirty:
@@ -198,11 +204,19 @@ class _Work:
         # Dedup entries are only dropped when the document is written anyway:
         # lookups ignore stale ones, so a rejection never costs a write.
         cutoff = now - self.policy.dedup_window
+        # Oldest first: drop from the front until an entry is still inside the
+        # window (one out of order, from another replica's clock, waits its turn;
+        # lookups ignore it meanwhile).
+        while self.accepted:
+            oldest = next(iter(self.accepted))
+            if self.accepted[oldest].accepted_at > cutoff:
+                break
+            del self._own_accepted()[oldest]
         doc = dataclasses.replace(
             self.doc,
             holders=tuple(self.holders),
             queue=tuple(self.queue),
-            accepted=tuple(a for a in self.accepted if a.accepted_at > cutoff),
+            accepted=self.accepted,
             tombstones=tuple(self.tombstones),
             next_fencing=self.next_fencing,
         )

@@ -96,7 +96,7 @@ def _doc(doc: GuardDoc) -> dict[str, Any]:
             }
             for w in doc.queue
         ],
-        "accepted": [{"run": _run(a.run), "at": a.accepted_at} for a in doc.accepted],
+        "accepted": [{"run": _run(a.run), "at": a.accepted_at} for a in doc.accepted.values()],
         "tombstones": [
             {"op": t.operation_id, "reason": t.reason.value, "at": t.at} for t in doc.tombstones
         ],
@@ -162,10 +162,13 @@ def _from_doc(data: dict[str, Any]) -> GuardDoc:
             )
             for w in data.get("queue", ())
         ),
-        accepted=tuple(
-            Accepted(run=_from_run(a["run"]), accepted_at=float(a["at"]))
-            for a in data.get("accepted", ())
-        ),
+        accepted={
+            entry.run.fingerprint: entry
+            for entry in (
+                Accepted(run=_from_run(a["run"]), accepted_at=float(a["at"]))
+                for a in data.get("accepted", ())
+            )
+        },
         tombstones=tuple(
             Tombstone(operation_id=t["op"], reason=ReleaseReason(t["reason"]), at=float(t["at"]))
             for t in data.get("tombstones", ())
