@@ -129,7 +129,7 @@ class ServerConfig:
     insecure: bool = False
     max_watchers_per_principal: int = 1000
     max_request_bytes: int = 1024 * 1024
-    max_guards: int = 100_000
+    max_guards: int = 250_000
 
     def __post_init__(self) -> None:
         for name in ("listen", "metrics_listen"):
