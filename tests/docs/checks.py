@@ -145,10 +145,36 @@ def security(blocks: Outcomes) -> None:
     assert "Socket closed (hint: if the server serves TLS" in blocks["plaintext"].stderr
 
 
+def operations(blocks: Outcomes) -> None:
+    """The log shows the grant and its expiry; a port in use is one line; the scrape counts
+    the two Begins (one refused), the run and its End."""
+    events = [
+        json.loads(line)
+        for line in blocks["logged"].stderr.splitlines()
+        if json.loads(line).get("operation_id") == "op-3"
+    ]
+    assert [e["event"] for e in events] == ["begin", "expired"], blocks["logged"].stderr
+    assert blocks["in-use"].stdout == "exit code 1\n"
+    assert blocks["in-use"].stderr.endswith(
+        ": the port is in use (is another server running on it?)\n"
+    )
+    assert blocks["in-use"].stderr.count("\n") == 1
+    scraped = blocks["scrape"].stdout.splitlines()
+    assert scraped[0] == "exit code 75"
+    for line in (
+        'runguard_begin_total{guard="generate",outcome="granted",reason=""} 1.0',
+        'runguard_begin_total{guard="generate",outcome="rejected",reason="in_flight"} 1.0',
+        'runguard_begin_total{guard="other",outcome="granted",reason=""} 1.0',
+        'runguard_end_total{guard="other",result="ended"} 1.0',
+    ):
+        assert line in scraped, scraped
+
+
 CHECKS: dict[str, Callable[[Outcomes], None]] = {
     "README.md": readme,
     "configuration.md": configuration,
     "contract.md": contract,
+    "operations.md": operations,
     "security.md": security,
     "stores.md": stores,
 }
