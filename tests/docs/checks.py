@@ -170,11 +170,46 @@ def operations(blocks: Outcomes) -> None:
         assert line in scraped, scraped
 
 
+def python(blocks: Outcomes) -> None:
+    """The async run holds and refuses a second Begin; watch sees the acquire and release;
+    a bad request names its fields; the seed API refuses in_flight naming the holder."""
+    held, second, after = blocks["async"].stdout.splitlines()
+    holder = held.split(" as ")[1]
+    assert second == f"a second one: in_flight held by {holder}"
+    assert after == "after the block: ()"
+    assert blocks["watch"].stdout.splitlines()[1:] == ["acquired  True", "released ended True"]
+    assert blocks["errors"].stdout.splitlines() == [
+        "guard -> must be 1 to 128 characters of letters, digits and ._:/-",
+        "ttl -> must be in (0s, 1800s], got 0s",
+    ]
+    assert blocks["seed"].stdout == "in_flight op-a\n"
+
+
+def cli(blocks: Outcomes) -> None:
+    """Begin, keepalive, a refused Begin in JSON, End twice; watch prints both changes; run
+    without -- is a usage error; --wait queues."""
+    lease = blocks["lease"].stdout.splitlines()
+    assert lease[0].startswith("renewed exports job-1 fencing=")
+    assert json.loads(lease[1])["outcome"] == "rejected"
+    assert lease[2:] == ["exit code 75", "ended", "already ended"]
+    watched = blocks["watch"].stdout.splitlines()
+    assert watched[0].startswith("snapshot rev=")
+    assert [line.split()[1:3] for line in watched[2:]] == [
+        ["acquired", "exports"],
+        ["released", "(ended)"],
+    ], watched
+    assert blocks["usage"].stdout == "exit code 2\n"
+    assert "put the command after --" in blocks["usage"].stderr
+    assert blocks["queue"].stdout == "my turn came\n"
+
+
 CHECKS: dict[str, Callable[[Outcomes], None]] = {
     "README.md": readme,
+    "cli.md": cli,
     "configuration.md": configuration,
     "contract.md": contract,
     "operations.md": operations,
+    "python.md": python,
     "security.md": security,
     "stores.md": stores,
 }

@@ -9,9 +9,10 @@ comments on the lines right above a fence:
 
 ``<!-- not run: REASON -->``  the block is not run, and says why (a reason is required)
 ``<!-- exit: N -->``          the block's exit status is N (otherwise it must be 0)
-``<!-- background -->``       "in another terminal": started in the background, ready once
-                              it logged RunGuard's ``serving`` line; stopped when the next
-                              background block starts (the reader's Ctrl-C) or the page ends
+``<!-- background -->``       "in another terminal": started in the background (not a job of
+                              the page's shell), ready once it logged RunGuard's ``serving``
+                              line; stopped when the next background block starts (the
+                              reader's Ctrl-C) or the page ends
 ``<!-- id: NAME -->``         names the block, so a check in tests/docs can read its output
 
 Documented ports (50051-50059, 9100-9109, 23790-23809) are replaced, as whole words, by
@@ -149,8 +150,11 @@ def _script(blocks: list[Block], work: Path, ports: dict[str, str]) -> str:
         "set -m",  # background blocks get a process group of their own, to stop as a whole
         f"exec 3>>{out}/results",
         "BACKGROUND=",
-        'stop_background() { [ -n "$BACKGROUND" ] && kill -TERM -- -$BACKGROUND '
-        "2>/dev/null && wait $BACKGROUND 2>/dev/null; BACKGROUND=; }",
+        # A background block is no job of the page's shell (the reader runs it in another
+        # terminal), so a block's own `wait` or `jobs -p` never sees it.
+        'stop_background() { if [ -n "$BACKGROUND" ]; then kill -TERM -- -$BACKGROUND'
+        " 2>/dev/null; for _ in $(seq 200); do kill -0 $BACKGROUND 2>/dev/null || break;"
+        " sleep 0.05; done; fi; BACKGROUND=; }",
         "trap stop_background EXIT",
     ]
     for number, block in enumerate(blocks):
@@ -168,6 +172,7 @@ def _script(blocks: list[Block], work: Path, ports: dict[str, str]) -> str:
                 "stop_background",
                 f"( {ported(block.code).strip()}\n) > {stdout} 2> {stderr} &",
                 "BACKGROUND=$!",
+                "disown $BACKGROUND",
                 "for _ in $(seq 300); do",
                 f"  grep -q '{SERVING}' {stderr} {stdout} 2>/dev/null && break",
                 '  kill -0 "$BACKGROUND" 2>/dev/null || break',
