@@ -109,3 +109,19 @@ def test_a_failing_block_is_reported_with_its_status(tmp_path: Path) -> None:
     assert documented == "localhost:" + target.rsplit(":", 1)[1]
     assert (second.status, second.stdout) == (1, "carried\n")
     assert third.status == 3
+
+
+def test_files_a_page_leaves_are_checked_against_gitignore(tmp_path: Path) -> None:
+    """A file a page makes in the clone that .gitignore does not cover is caught; pki/ and
+    tokens.txt, which the security walk-through makes, are covered."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```sh\nmkdir -p pki && touch pki/ca-key.pem tokens.txt notes.txt\n```\n",
+        encoding="utf-8",
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    (made,) = run_page(page, work)
+    assert made.status == 0
+    assert _left_behind(work) == ["notes.txt", "pki/", "tokens.txt"]
+    assert [name for name in _left_behind(work) if not _ignored(name)] == ["notes.txt"]

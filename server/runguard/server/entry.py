@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import MutableMapping, Sequence
 
-__all__ = ["main", "quiet_grpc"]
+__all__ = ["EXIT_CLOSED_PIPE", "main", "quiet_grpc"]
 
 
 def quiet_grpc(env: MutableMapping[str, str]) -> None:
@@ -23,12 +23,24 @@ def quiet_grpc(env: MutableMapping[str, str]) -> None:
         env["GRPC_VERBOSITY"] = "DEBUG" if env.get("GRPC_TRACE") else "NONE"
 
 
+EXIT_CLOSED_PIPE = 141
+"""What a shell shows for a command ended by SIGPIPE (128 + 13): the reader went away."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a ``runguard`` command with grpc's logging settled; returns the exit code."""
+    """Run a ``runguard`` command with grpc's logging settled; returns the exit code.
+
+    A closed pipe on stdout (``runguard health | head -c1``) ends it quietly, with 141.
+    """
     quiet_grpc(os.environ)
     from runguard.server.cli import main as cli_main  # only now: grpc reads them on load
 
-    return cli_main(argv)
+    try:
+        return cli_main(argv)
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":

@@ -87,3 +87,18 @@ def test_refusals_never_double_a_word(cli: Cli, client: Client, guard: str) -> N
     assert [t.split(":")[0] for t in texts] == ["rejected in_flight", "rejected duplicate"]
     for text in texts:
         assert not DOUBLED.search(text), text
+
+
+def test_a_closed_pipe_ends_health_quietly(server: Served) -> None:
+    """``runguard health`` whose reader has gone exits 141 without a traceback too."""
+    command = shlex.join(
+        [sys.executable, "-m", "runguard.server", "health", "--target", server.address]
+    )
+    done = subprocess.run(
+        ["bash", "-c", f"{command} | true; echo status ${{PIPESTATUS[0]}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (done.stdout, done.stderr) == ("status 141\n", "")
