@@ -200,7 +200,7 @@ def cli(blocks: Outcomes) -> None:
     ], watched
     assert blocks["usage"].stdout == "exit code 2\n"
     assert "put the command after --" in blocks["usage"].stderr
-    assert blocks["queue"].stdout == "my turn came\n"
+    assert blocks["queue"].stdout == "my turn came\nexports: 0/1 held, 0 queued\n"
 
 
 CHECKS: dict[str, Callable[[Outcomes], None]] = {
