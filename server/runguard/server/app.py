@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2  # noqa: F401  # its types in the pool 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from runguard.server.auth import Authenticator, AuthInterceptor
+from runguard.server.bind import bind_failure
 from runguard.server.config import ServerConfig, is_loopback
 from runguard.server.coordinator import Coordinator
 from runguard.server.errors import StoreUnavailable
@@ -106,14 +107,21 @@ class RunGuardServer:
                 if credentials is not None
                 else self._server.add_insecure_port(self.config.listen)
             )
-        except RuntimeError as error:
-            raise RuntimeError(f"cannot listen on {self.config.listen}: {error}") from error
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot listen on {self.config.listen}")
-        await self.coordinator.start()
+            listen = self.config.listen
+            raise RuntimeError(f"cannot listen on {listen}: {bind_failure(listen)}") from None
         if self.config.metrics_listen is not None:
-            self._metrics_server, _ = self.metrics.serve(self.config.metrics_listen)
+            try:
+                self._metrics_server, _ = self.metrics.serve(self.config.metrics_listen)
+            except OSError:
+                listen = self.config.metrics_listen
+                raise RuntimeError(
+                    f"cannot serve metrics on {listen}: {bind_failure(listen)}"
+                ) from None
             self.metrics_port = self._metrics_server.server_port
+        await self.coordinator.start()
         await self._server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

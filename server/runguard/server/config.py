@@ -226,7 +226,7 @@ class ServerConfig:
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:
-        """The grpc server options these settings mean (see the README's table)."""
+        """The grpc server options these settings mean (see docs/configuration.md)."""
         options = [
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)),
