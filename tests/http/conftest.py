@@ -39,7 +39,7 @@ def base_url(running: Running) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-async def curl(*args: str, timeout: float = 20, data: bytes | None = None) -> Answer:
+async def curl(*args: str, data: bytes | None = None) -> Answer:
     """Run the real ``curl`` (without blocking the loop the server runs in)."""
     binary = shutil.which("curl")
     if binary is None:
@@ -54,7 +54,8 @@ async def curl(*args: str, timeout: float = 20, data: bytes | None = None) -> An
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(data), timeout)
+    async with asyncio.timeout(30):
+        out, err = await process.communicate(data)
     return _answer(out, err, process.returncode)
 
 

@@ -54,7 +54,7 @@ async def test_curl_begin_is_granted_then_in_flight(http: Running) -> None:
 
 
 async def test_http_and_grpc_share_one_state(http: Running) -> None:
-    """A run granted over native gRPC is the holder Connect's Current shows, and Connect's End frees it."""
+    """A run granted over native gRPC is Connect's Current holder; Connect's End frees it."""
     granted = (await http.stub.Begin(begin_request("grpc-run"))).granted
 
     _, current = await post_json(http, "Current", '{"guard":"generate"}')
