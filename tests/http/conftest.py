@@ -116,3 +116,7 @@ def parse_sse(text: str) -> list[dict[str, str]]:
         if fields:
             events.append(fields)
     return events
+
+
+# The certificates and token file of the gRPC security tests, for the same checks over HTTP.
+from tests.security.conftest import pki, tokens  # noqa: E402, F401  # fixtures, used by name
