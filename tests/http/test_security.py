@@ -225,18 +225,11 @@ async def test_cors_allows_exactly_the_configured_origins(
     )
     url = f"{base_url(running)}{SERVICE_PATH}/Begin"
 
-    preflight = await curl(
-        "-X", "OPTIONS", "-H", "Origin: https://app.example", "-H",
-        "Access-Control-Request-Method: POST", url,
-    )  # fmt: skip
-    allowed = await curl(
-        "-H", "Origin: https://app.example", "-H", "Content-Type: application/json",
-        "-d", BEGIN, url,
-    )  # fmt: skip
-    other = await curl(
-        "-H", "Origin: https://app.example.evil", "-H", "Content-Type: application/json",
-        "-d", BEGIN, url,
-    )  # fmt: skip
+    asks = ("-H", "Access-Control-Request-Method: POST")
+    preflight = await curl("-X", "OPTIONS", "-H", "Origin: https://app.example", *asks, url)
+    posting = ("-H", "Content-Type: application/json", "-d", BEGIN, url)
+    allowed = await curl("-H", "Origin: https://app.example", *posting)
+    other = await curl("-H", "Origin: https://app.example.evil", *posting)
 
     assert preflight.status == 204
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
@@ -268,12 +261,16 @@ async def test_tls_covers_the_http_front(
     )
     https = f"https://127.0.0.1:{running.server.http_port}"
 
-    answer = await curl("--cacert", str(pki.ca), "-X", "POST", "-H",
-                        f"Authorization: Bearer {tokens.watcher}", f"{https}/v1/watch-tokens")  # fmt: skip
+    auth = f"Authorization: Bearer {tokens.watcher}"
+    answer = await curl(
+        "--cacert", str(pki.ca), "-X", "POST", "-H", auth, f"{https}/v1/watch-tokens"
+    )
+    plain = f"http://127.0.0.1:{running.server.http_port}/"
     process = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{running.server.http_port}/",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        *("curl", "-sS", "--max-time", "5", plain),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
     assert answer.status == 200
     assert "Secure" in answer.headers["set-cookie"]
