@@ -113,6 +113,10 @@ class RunGuardServer:
             RuntimeError: the address could not be bound, or a TLS file read.
         """
         credentials = self._credentials()
+        if self.http is not None:
+            # First: a plain socket closes for sure if gRPC's bind fails next (an unstarted
+            # grpc server keeps the port it bound until the process ends).
+            self.http_port = self.http.bind()
         try:
             self.port = (
                 self._server.add_secure_port(self.config.listen, credentials)
@@ -120,16 +124,16 @@ class RunGuardServer:
                 else self._server.add_insecure_port(self.config.listen)
             )
         except RuntimeError as error:
+            self._unbind_http()
             raise RuntimeError(f"cannot listen on {self.config.listen}: {error}") from error
         if self.port == 0:
+            self._unbind_http()
             raise RuntimeError(f"cannot listen on {self.config.listen}")
-        if self.http is not None:
-            try:
-                self.http_port = self.http.bind()
-            except RuntimeError:
-                await self._server.stop(0)  # frees the gRPC port it had bound
-                raise
-        await self.coordinator.start()
+        try:
+            await self.coordinator.start()
+        except BaseException:
+            self._unbind_http()
+            raise
         if self.config.metrics_listen is not None:
             self._metrics_server, _ = self.metrics.serve(self.config.metrics_listen)
             self.metrics_port = self._metrics_server.server_port
@@ -180,6 +184,10 @@ class RunGuardServer:
                 "from the clock (microseconds) so they stay above the last process's",
             )
         return self.port
+
+    def _unbind_http(self) -> None:
+        if self.http is not None:
+            self.http.unbind()
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials from the configured files, or None for plaintext.
