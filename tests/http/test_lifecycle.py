@@ -23,7 +23,8 @@ from tests.http.test_security import http_port_of
 
 
 def test_flags_turn_the_http_front_on() -> None:
-    """``--http-listen`` and repeated ``--http-cors-origin`` reach the configuration; off by default."""
+    """``--http-listen`` and repeated ``--http-cors-origin`` reach the config; HTTP is off
+    by default."""
     args = _parser().parse_args(
         [
             "serve",
@@ -108,7 +109,9 @@ def test_sigterm_ends_http_streams_and_the_process_cleanly(served: Callable[...,
             stdout=subprocess.PIPE,
         ) as stream,
     ):
-        assert stream.stdin is not None and stream.stdout is not None and sse.stdout is not None
+        assert stream.stdin is not None
+        assert stream.stdout is not None
+        assert sse.stdout is not None
         stream.stdin.write(envelope({}))
         stream.stdin.close()
         assert sse.stdout.readline().startswith(b"retry:")  # both streams are open

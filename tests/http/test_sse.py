@@ -76,6 +76,7 @@ async def test_last_event_id_replays_exactly_what_was_missed(
 ) -> None:
     """A reconnect with Last-Event-ID gets the changes made while it was away, and no snapshot."""
     first = await readers(f"{base_url(http)}/v1/events")
+    await first.wait(count("snapshot", 1))
     granted = (await http.stub.Begin(begin_request("one"))).granted
     await first.wait(count("change", 1))
     last_id = first.events[-1]["id"]
@@ -99,6 +100,9 @@ async def test_resume_inside_a_commit_skips_only_what_was_seen(
     the first replays just the second."""
     holder = (await http.stub.Begin(begin_request("holder"))).granted
     waiting = asyncio.ensure_future(http.stub.Begin(begin_request("waiter", wait=10)))
+    current = pb.CurrentRequest(guard="generate")
+    while not (await http.stub.Current(current)).state.queue_length:
+        await asyncio.sleep(0.01)
     first = await readers(f"{base_url(http)}/v1/events")
     await first.wait(count("snapshot", 1))
     await end(http, holder)
