@@ -101,7 +101,9 @@ async def test_resume_inside_a_commit_skips_only_what_was_seen(
     holder = (await http.stub.Begin(begin_request("holder"))).granted
     waiting = asyncio.ensure_future(http.stub.Begin(begin_request("waiter", wait=10)))
     current = pb.CurrentRequest(guard="generate")
-    while not (await http.stub.Current(current)).state.queue_length:
+    for _ in range(500):  # until the waiter is queued
+        if (await http.stub.Current(current)).state.queue_length:
+            break
         await asyncio.sleep(0.01)
     first = await readers(f"{base_url(http)}/v1/events")
     await first.wait(count("snapshot", 1))
