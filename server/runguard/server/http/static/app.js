@@ -118,7 +118,7 @@ function shortName(value, prefix) {
 }
 
 function duration(seconds) {
-  const s = Math.max(0, Math.round(seconds));
+  const s = Math.max(0, Math.floor(seconds));
   const h = Math.floor(s / 3600);
   const m = Math.floor((s % 3600) / 60);
   const rest = String(s % 60).padStart(2, "0");
@@ -185,6 +185,7 @@ function render() {
   section.replaceChildren(...cards);
   if (!cards.length) section.append(element("p", "empty", "No guard is in use yet."));
   $("changes").replaceChildren(...changes.map(renderChange));
+  if (!changes.length) $("changes").append(element("li", "empty", "none since this page opened"));
   tick();
 }
 
@@ -199,7 +200,8 @@ async function syncClock() {
   try {
     const answer = await fetch("/v1/healthz", { cache: "no-store" });
     const date = Date.parse(answer.headers.get("date") || "");
-    if (!Number.isNaN(date)) clockOffset = date - Date.now();
+    // A Date header has whole seconds: only a clock that is clearly off is corrected.
+    if (!Number.isNaN(date) && Math.abs(date - Date.now()) > 2000) clockOffset = date - Date.now();
   } catch {
     // Keep our own clock: only the countdowns depend on it.
   }
