@@ -15,12 +15,14 @@ import pytest
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
 from selenium import webdriver
+from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.conftest import Served, serve_process
 from tests.http.browser import chromium
 from tests.http.test_security import http_port_of
 from tests.integration.support import begin_request
+from tests.security.conftest import Tokens
 
 pytestmark = pytest.mark.interop
 
@@ -199,3 +201,23 @@ def test_page_is_readable_on_a_phone(
     )
     assert font >= 12
     assert json.loads(browser.execute_script("return JSON.stringify(document.title)")) == "RunGuard"
+
+
+def test_page_asks_for_a_token_and_watches_with_the_cookie(
+    served: Callable[..., Served], browser: webdriver.Chrome, tokens: Tokens
+) -> None:
+    """Against a server with tokens the page asks for one; a watcher's token is traded for
+    the HttpOnly watch cookie, which its EventSource then uses (the script cannot read it)."""
+    server = served("--http-listen", "127.0.0.1:0", "--auth-tokens", str(tokens.path))
+    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
+    until(browser, lambda d: text_of(d, "status") == "needs a token")
+
+    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    until(browser, lambda d: text_of(d, "status") == "live")
+    runner = runguard_pb2_grpc.RunGuardServiceStub(grpc.insecure_channel(server.address))
+    runner.Begin(begin_request("tokened"), metadata=(("authorization", f"Bearer {tokens.runner}"),))
+
+    until(browser, lambda d: holders(d, "generate") == ["tokened"])
+    assert browser.execute_script("return document.cookie") == ""
+    assert "worker-7" in texts(browser, '[data-guard="generate"]')[0]
