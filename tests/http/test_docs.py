@@ -157,7 +157,8 @@ def test_event_source_snippet_follows_a_guard_from_another_origin(
 def listed(driver: webdriver.Chrome) -> list[str]:
     """The operation_ids the snippet lists."""
     items: list[str] = driver.execute_script(
-        "return [...document.querySelectorAll('#holders li')].map(li => li.textContent.split(' ')[0])"
+        "return [...document.querySelectorAll('#holders li')]"
+        ".map(li => li.textContent.split(' ')[0])"
     )
     return items
 
