@@ -48,11 +48,14 @@ def test_a_port_in_use_fails_the_start_with_one_line(served: Callable[..., Serve
     holder = served("--http-listen", "127.0.0.1:0")
     port = http_port_of(holder)
 
+    command = [sys.executable, "-m", "runguard.server", "serve", "--listen", "127.0.0.1:0"]
     done = subprocess.run(
-        [sys.executable, "-m", "runguard.server", "serve", "--listen", "127.0.0.1:0",
-         "--http-listen", f"127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [*command, "--http-listen", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
     assert done.returncode == 1
     assert done.stdout == ""

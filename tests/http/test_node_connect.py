@@ -29,14 +29,10 @@ def generate_es(out: Path) -> None:
     if not plugin.exists():
         pytest.fail("tests/interop/node/node_modules is missing: run scripts/bootstrap")
     googleapis = Path(google.rpc.__path__[0]).parents[1]
-    subprocess.run(
-        [
-            sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"-I{googleapis}",
-            f"--plugin=protoc-gen-es={plugin}", f"--es_out={out}", "--es_opt=target=js",
-            "google/rpc/error_details.proto", "runguard/v1/runguard.proto",
-        ],
-        check=True,
-    )  # fmt: skip
+    protoc = [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"-I{googleapis}"]
+    plugin_args = [f"--plugin=protoc-gen-es={plugin}", f"--es_out={out}", "--es_opt=target=js"]
+    files = ["google/rpc/error_details.proto", "runguard/v1/runguard.proto"]
+    subprocess.run([*protoc, *plugin_args, *files], check=True)
 
 
 @pytest.fixture(scope="session")

@@ -334,28 +334,27 @@ def test_tokens_and_payloads_never_reach_the_log(
             ["curl", "-sS", "--max-time", "2", *args], capture_output=True, text=True, check=False
         ).stdout
 
-    json_call = ["-H", "Content-Type: application/json"]
-    begin = json.dumps({"guard": "g", "route": "/r", "payload": {"secret": marker}})
-    granted = json.loads(run(*json_call, "-H", f"Authorization: Bearer {tokens.runner}",
-                             "-d", begin, f"{base}{SERVICE_PATH}/Begin"))["granted"]  # fmt: skip
-    run(
-        *json_call,
-        "-H",
-        f"Authorization: Bearer {bogus}",
-        "-d",
-        begin,
-        f"{base}{SERVICE_PATH}/Begin",
-    )
-    run(*json_call, "-H", f"Authorization: Bearer {tokens.watcher}", "-d", begin,
-        f"{base}{SERVICE_PATH}/Begin")  # fmt: skip
-    watch = json.loads(run("-X", "POST", "-H", f"Authorization: Bearer {tokens.watcher}",
-                           f"{base}/v1/watch-tokens"))["token"]  # fmt: skip
+    def connect(method: str, token: str, body: object) -> str:
+        return run(
+            *("-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {token}"),
+            *("-d", json.dumps(body), f"{base}{SERVICE_PATH}/{method}"),
+        )
+
+    begin = {"guard": "g", "route": "/r", "payload": {"secret": marker}}
+    granted = json.loads(connect("Begin", tokens.runner, begin))["granted"]
+    connect("Begin", bogus, begin)
+    connect("Begin", tokens.watcher, begin)
+    watcher = f"Authorization: Bearer {tokens.watcher}"
+    watch = json.loads(run("-X", "POST", "-H", watcher, f"{base}/v1/watch-tokens"))["token"]
     run(f"{base}/v1/events?watch_token={watch}")
     run("-H", f"Cookie: runguard_watch={watch}", f"{base}/v1/events")
     run(f"{base}/v1/events?watch_token={bogus}")
-    run(*json_call, "-H", f"Authorization: Bearer {tokens.runner}", "-d",
-        json.dumps({"guard": "g", "operationId": granted["run"]["operationId"],
-                    "leaseToken": granted["leaseToken"]}), f"{base}{SERVICE_PATH}/End")  # fmt: skip
+    run_id = granted["run"]["operationId"]
+    connect(
+        "End",
+        tokens.runner,
+        {"guard": "g", "operationId": run_id, "leaseToken": granted["leaseToken"]},
+    )
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(10)
     time.sleep(0.1)
