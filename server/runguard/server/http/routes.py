@@ -96,7 +96,7 @@ class HttpApp:
         self._connect = connect_app(servicer, credentials, config.max_request_bytes)
         self._prefix = f"/{SERVICE.full_name}/"
         self._files = {
-            path: (resources.files(__package__).joinpath("static", name).read_bytes(), kind)
+            path: (resources.files(f"{__package__}.static").joinpath(name).read_bytes(), kind)
             for path, (name, kind) in _STATIC.items()
         }
 
@@ -119,7 +119,7 @@ class HttpApp:
             await self._preflight(send, cors)
         elif path.startswith(self._prefix):
             await self._connect(scope, receive, _with_headers(send, cors))
-        elif path == "/v1/events" and method in ("GET", "HEAD"):
+        elif path == "/v1/events" and method == "GET":
             await serve_events(
                 scope,
                 receive,
