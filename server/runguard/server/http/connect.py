@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, cast
 
 import grpc
@@ -39,7 +39,7 @@ from runguard.server.servicer import SERVICE, RunGuardServicer, Undecodable
 from runguard.server.status import connect_error, connect_error_of
 from runguard.v1 import runguard_connect
 
-__all__ = ["CallContext", "connect_app"]
+__all__ = ["CallContext", "connect_app", "written"]
 
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]{1,128})"')
 """How google.protobuf's JSON parser names a field the message does not have."""
@@ -150,38 +150,51 @@ class _Bridge:
         self, request: Message, ctx: RequestContext[Any, Any]
     ) -> AsyncIterator[Message]:
         principal, peer = self._admit(request, ctx)
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+        async with contextlib.aclosing(written(self._handler, request, peer, principal)) as stream:
+            async for message in stream:
+                yield message
 
-        async def run() -> None:
-            try:
-                await self._handler(request, CallContext(peer, queue.put))
-            finally:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(_END)
 
-        with acting_as(principal):  # the task copies the context: the handler sees it
-            task = asyncio.create_task(run(), name=f"runguard-http-{self._method}")
+async def written(
+    handler: Any, request: Message, peer: str, principal: Principal
+) -> AsyncGenerator[Message, None]:
+    """What a streaming servicer handler writes, as it writes it.
+
+    The handler runs in a task of its own, as ``principal``; closing the generator
+    cancels it. Raises the handler's ConnectError (its ``abort``) when it ends with one.
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
+
+    async def run() -> None:
         try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    item = queue.get_nowait() if not queue.empty() else _END
-                else:
-                    item = getter.result()
-                if item is _END:
-                    if task.done():
-                        task.result()  # the handler's ConnectError, if it ended with one
-                        return
-                    await task
-                    return
-                yield cast(Message, item)
+            await handler(request, CallContext(peer, queue.put))
         finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectError):
-                    await task
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(_END)
+
+    with acting_as(principal):  # the task copies the context: the handler sees it
+        task = asyncio.create_task(run(), name="runguard-http-stream")
+    getter: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                item = getter.result()
+            else:
+                getter.cancel()
+                item = queue.get_nowait() if not queue.empty() else _END
+            if item is _END:
+                await task  # raises the handler's ConnectError, if it ended with one
+                return
+            yield cast(Message, item)
+    finally:
+        if getter is not None:
+            getter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectError):
+                await task
 
 
 def _service(servicer: RunGuardServicer, credentials: HttpCredentials) -> Any:

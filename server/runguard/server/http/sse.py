@@ -34,10 +34,9 @@ from urllib.parse import parse_qs
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from google.protobuf import json_format
-from google.protobuf.message import Message
-from runguard.server.auth import ANONYMOUS, Principal, acting_as, audit, authorize
+from runguard.server.auth import ANONYMOUS, Principal, audit, authorize
 from runguard.server.errors import NotPermitted, Unauthenticated
-from runguard.server.http.connect import CallContext
+from runguard.server.http.connect import written
 from runguard.server.http.credentials import HttpCredentials
 from runguard.server.http.respond import cookies_of, headers_of, send_error
 from runguard.server.servicer import RunGuardServicer
@@ -165,53 +164,40 @@ async def _stream(
     resume: _Resume,
     extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
-    queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
-    watch: Any = servicer.Watch  # takes the grpc context's stand-in
-    with acting_as(principal):
-        handler: asyncio.Task[None] = asyncio.create_task(
-            watch(request, CallContext(peer, queue.put)), name="runguard-sse"
-        )
-    disconnected = asyncio.create_task(_disconnect(receive), name="runguard-sse-disconnect")
     numbering = _Numbering(resume)
     started = False
+    disconnected = asyncio.create_task(_disconnect(receive), name="runguard-sse-disconnect")
+    stream = written(servicer.Watch, request, peer, principal)
     try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait(
-                {getter, handler, disconnected}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if disconnected in done:
-                getter.cancel()
-                return
-            if getter not in done:
-                getter.cancel()
-                error = _ended_with(handler)
+        async with contextlib.aclosing(stream):
+            while True:
+                following = asyncio.ensure_future(anext(stream))
+                await asyncio.wait({following, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():  # the client went away
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await following
+                    return
+                try:
+                    message = following.result()
+                except (StopAsyncIteration, ConnectError) as ended:
+                    error = ended if isinstance(ended, ConnectError) else None
+                    if not started:
+                        await _refuse(send, error, extra_headers)
+                    else:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
                 if not started:
-                    await _refuse(send, error, extra_headers)
-                else:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            if not started:
-                await _start(send, extra_headers)
-                started = True
-            message = getter.result()
-            index = numbering.index(message)  # type: ignore[arg-type]
-            if index != -1:
-                body = _encode(message, index)  # type: ignore[arg-type]
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                    await _start(send, extra_headers)
+                    started = True
+                index = numbering.index(message)  # type: ignore[arg-type]
+                if index != -1:
+                    body = _encode(message, index)  # type: ignore[arg-type]
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
     finally:
-        for task in (handler, disconnected):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectError):
-                await task
-
-
-def _ended_with(handler: asyncio.Task[None]) -> ConnectError | None:
-    try:
-        handler.result()
-    except ConnectError as error:
-        return error
-    return None
+        disconnected.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await disconnected
 
 
 async def _start(send: ASGISend, extra_headers: list[tuple[bytes, bytes]]) -> None:
