@@ -111,7 +111,7 @@ def test_grpcurl_session_gives_the_documented_outcomes(
     assert duplicate["rejected"]["duplicateOf"]["operationId"] == "op-1", shown
     assert watched["snapshot"] == {
         "revision": "2",
-        "guards": [{"guard": "generate", "capacity": 1}],
+        "guards": [{"guard": "generate", "capacity": 1, "dedupWindow": "5s", "maxQueue": 1000}],
     }, shown
     assert watched["epoch"], shown
     # The only error is the Watch's own end: -max-time elapsed (exit code 64 + 4).

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .runguard_pb2 import BeginRequest, BeginResponse, CurrentRequest, CurrentResponse, EndRequest, EndResponse, KeepAliveRequest, KeepAliveResponse, WatchRequest, WatchResponse
+from .runguard_pb2 import BeginRequest, BeginResponse, ConfigureGuardRequest, ConfigureGuardResponse, CurrentRequest, CurrentResponse, EndRequest, EndResponse, KeepAliveRequest, KeepAliveResponse, ListGuardsRequest, ListGuardsResponse, WatchRequest, WatchResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -80,6 +80,21 @@ class RunGuardService(Protocol):
         `epoch`: missed changes are replayed from a bounded history, or, when that
         history is gone or the store restarted, the stream starts with a Snapshot
         marked `resynced`. A change is never silently skipped.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def configure_guard(self, request: ConfigureGuardRequest, ctx: RequestContext[ConfigureGuardRequest, ConfigureGuardResponse], /) -> ConfigureGuardResponse:
+        """
+        ConfigureGuard gives a guard settings of its own (needs the `admin` role
+        when the server authenticates its callers). Every replica enforces them at
+        once and watchers get a CONFIGURED change. A higher capacity grants queued
+        callers at once; a lower one never evicts a holder.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def list_guards(self, request: ListGuardsRequest, ctx: RequestContext[ListGuardsRequest, ListGuardsResponse], /) -> ListGuardsResponse:
+        """
+        ListGuards pages through the guards the store holds, by name.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -151,6 +166,28 @@ class RunGuardServiceASGIApplication(ConnectASGIApplication[RunGuardService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch,
+                ),
+                "/runguard.v1.RunGuardService/ConfigureGuard": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ConfigureGuard",
+                        service_name="runguard.v1.RunGuardService",
+                        input=ConfigureGuardRequest,
+                        output=ConfigureGuardResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.configure_guard,
+                ),
+                "/runguard.v1.RunGuardService/ListGuards": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ListGuards",
+                        service_name="runguard.v1.RunGuardService",
+                        input=ListGuardsRequest,
+                        output=ListGuardsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.list_guards,
                 ),
             },
             interceptors=interceptors,
@@ -320,6 +357,55 @@ class RunGuardServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def configure_guard(
+        self,
+        request: ConfigureGuardRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ConfigureGuardResponse:
+        """
+        ConfigureGuard gives a guard settings of its own (needs the `admin` role
+        when the server authenticates its callers). Every replica enforces them at
+        once and watchers get a CONFIGURED change. A higher capacity grants queued
+        callers at once; a lower one never evicts a holder.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ConfigureGuard",
+                service_name="runguard.v1.RunGuardService",
+                input=ConfigureGuardRequest,
+                output=ConfigureGuardResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def list_guards(
+        self,
+        request: ListGuardsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ListGuardsResponse:
+        """
+        ListGuards pages through the guards the store holds, by name.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListGuards",
+                service_name="runguard.v1.RunGuardService",
+                input=ListGuardsRequest,
+                output=ListGuardsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class RunGuardServiceSync(Protocol):
     """
@@ -364,6 +450,21 @@ class RunGuardServiceSync(Protocol):
         `epoch`: missed changes are replayed from a bounded history, or, when that
         history is gone or the store restarted, the stream starts with a Snapshot
         marked `resynced`. A change is never silently skipped.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def configure_guard(self, request: ConfigureGuardRequest, ctx: RequestContext[ConfigureGuardRequest, ConfigureGuardResponse], /) -> ConfigureGuardResponse:
+        """
+        ConfigureGuard gives a guard settings of its own (needs the `admin` role
+        when the server authenticates its callers). Every replica enforces them at
+        once and watchers get a CONFIGURED change. A higher capacity grants queued
+        callers at once; a lower one never evicts a holder.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def list_guards(self, request: ListGuardsRequest, ctx: RequestContext[ListGuardsRequest, ListGuardsResponse], /) -> ListGuardsResponse:
+        """
+        ListGuards pages through the guards the store holds, by name.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -433,6 +534,28 @@ class RunGuardServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=service.watch,
+                ),
+                "/runguard.v1.RunGuardService/ConfigureGuard": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ConfigureGuard",
+                        service_name="runguard.v1.RunGuardService",
+                        input=ConfigureGuardRequest,
+                        output=ConfigureGuardResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.configure_guard,
+                ),
+                "/runguard.v1.RunGuardService/ListGuards": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ListGuards",
+                        service_name="runguard.v1.RunGuardService",
+                        input=ListGuardsRequest,
+                        output=ListGuardsResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.list_guards,
                 ),
             },
             interceptors=interceptors,
@@ -598,6 +721,55 @@ class RunGuardServiceClientSync(ConnectClientSync):
                 output=WatchResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def configure_guard(
+        self,
+        request: ConfigureGuardRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ConfigureGuardResponse:
+        """
+        ConfigureGuard gives a guard settings of its own (needs the `admin` role
+        when the server authenticates its callers). Every replica enforces them at
+        once and watchers get a CONFIGURED change. A higher capacity grants queued
+        callers at once; a lower one never evicts a holder.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ConfigureGuard",
+                service_name="runguard.v1.RunGuardService",
+                input=ConfigureGuardRequest,
+                output=ConfigureGuardResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def list_guards(
+        self,
+        request: ListGuardsRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> ListGuardsResponse:
+        """
+        ListGuards pages through the guards the store holds, by name.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ListGuards",
+                service_name="runguard.v1.RunGuardService",
+                input=ListGuardsRequest,
+                output=ListGuardsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

@@ -19,12 +19,14 @@ class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTION_REASON_DUPLICATE: _ClassVar[RejectionReason]
     REJECTION_REASON_WAIT_TIMEOUT: _ClassVar[RejectionReason]
     REJECTION_REASON_QUEUE_FULL: _ClassVar[RejectionReason]
+    REJECTION_REASON_NOT_HELD: _ClassVar[RejectionReason]
 
 class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
     CHANGE_KIND_ACQUIRED: _ClassVar[ChangeKind]
     CHANGE_KIND_RELEASED: _ClassVar[ChangeKind]
+    CHANGE_KIND_CONFIGURED: _ClassVar[ChangeKind]
 
 class ReleaseReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,9 +45,11 @@ REJECTION_REASON_IN_FLIGHT: RejectionReason
 REJECTION_REASON_DUPLICATE: RejectionReason
 REJECTION_REASON_WAIT_TIMEOUT: RejectionReason
 REJECTION_REASON_QUEUE_FULL: RejectionReason
+REJECTION_REASON_NOT_HELD: RejectionReason
 CHANGE_KIND_UNSPECIFIED: ChangeKind
 CHANGE_KIND_ACQUIRED: ChangeKind
 CHANGE_KIND_RELEASED: ChangeKind
+CHANGE_KIND_CONFIGURED: ChangeKind
 RELEASE_REASON_UNSPECIFIED: ReleaseReason
 RELEASE_REASON_ENDED: ReleaseReason
 RELEASE_REASON_EXPIRED: ReleaseReason
@@ -82,19 +86,25 @@ class Run(_message.Message):
     def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fencing_token: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., principal: _Optional[str] = ...) -> None: ...
 
 class GuardState(_message.Message):
-    __slots__ = ("guard", "capacity", "holders", "queue_length")
+    __slots__ = ("guard", "capacity", "holders", "queue_length", "dedup_window", "max_queue", "configured")
     GUARD_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     guard: str
     capacity: int
     holders: _containers.RepeatedCompositeFieldContainer[Run]
     queue_length: int
-    def __init__(self, guard: _Optional[str] = ..., capacity: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., queue_length: _Optional[int] = ...) -> None: ...
+    dedup_window: _duration_pb2.Duration
+    max_queue: int
+    configured: bool
+    def __init__(self, guard: _Optional[str] = ..., capacity: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., queue_length: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue: _Optional[int] = ..., configured: _Optional[bool] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("guard", "operation_id", "route", "payload", "idempotency_key", "ttl", "wait", "labels")
+    __slots__ = ("guard", "operation_id", "route", "payload", "idempotency_key", "ttl", "wait", "labels", "resume_only")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +120,7 @@ class BeginRequest(_message.Message):
     TTL_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_ONLY_FIELD_NUMBER: _ClassVar[int]
     guard: str
     operation_id: str
     route: str
@@ -118,7 +129,8 @@ class BeginRequest(_message.Message):
     ttl: _duration_pb2.Duration
     wait: _duration_pb2.Duration
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., route: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    resume_only: bool
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., route: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., resume_only: _Optional[bool] = ...) -> None: ...
 
 class Granted(_message.Message):
     __slots__ = ("run", "lease_token", "replayed")
@@ -215,14 +227,16 @@ class WatchRequest(_message.Message):
     def __init__(self, guards: _Optional[_Iterable[str]] = ..., after_revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("revision", "guards", "resynced")
+    __slots__ = ("revision", "guards", "resynced", "more")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     GUARDS_FIELD_NUMBER: _ClassVar[int]
     RESYNCED_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     revision: int
     guards: _containers.RepeatedCompositeFieldContainer[GuardState]
     resynced: bool
-    def __init__(self, revision: _Optional[int] = ..., guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., resynced: _Optional[bool] = ...) -> None: ...
+    more: bool
+    def __init__(self, revision: _Optional[int] = ..., guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., resynced: _Optional[bool] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("revision", "kind", "release_reason", "run", "state")
@@ -255,3 +269,47 @@ class WatchResponse(_message.Message):
     change: Change
     progress: Progress
     def __init__(self, epoch: _Optional[str] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class ConfigureGuardRequest(_message.Message):
+    __slots__ = ("guard", "capacity", "dedup_window", "max_queue", "reset")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    capacity: int
+    dedup_window: _duration_pb2.Duration
+    max_queue: int
+    reset: bool
+    def __init__(self, guard: _Optional[str] = ..., capacity: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue: _Optional[int] = ..., reset: _Optional[bool] = ...) -> None: ...
+
+class ConfigureGuardResponse(_message.Message):
+    __slots__ = ("state", "revision", "epoch")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    state: GuardState
+    revision: int
+    epoch: str
+    def __init__(self, state: _Optional[_Union[GuardState, _Mapping]] = ..., revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
+
+class ListGuardsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListGuardsResponse(_message.Message):
+    __slots__ = ("guards", "next_page_token", "revision", "epoch")
+    GUARDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    guards: _containers.RepeatedCompositeFieldContainer[GuardState]
+    next_page_token: str
+    revision: int
+    epoch: str
+    def __init__(self, guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...

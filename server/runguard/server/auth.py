@@ -99,6 +99,8 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     "KeepAlive": frozenset({Role.RUN, Role.ADMIN}),
     "Current": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
     "Watch": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
+    "ListGuards": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
+    "ConfigureGuard": frozenset({Role.ADMIN}),
 }
 """Each RunGuardService method and the roles any one of which allows it."""
 

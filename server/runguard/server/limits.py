@@ -7,6 +7,7 @@ import re
 from runguard.server.config import GUARD_PATTERN
 
 __all__ = [
+    "DEDUP_WINDOW_MAX",
     "EPOCH_MAX_CHARS",
     "GUARD_PATTERN",
     "IDEMPOTENCY_KEY_MAX_CHARS",
@@ -14,6 +15,9 @@ __all__ = [
     "LABEL_KEY_PATTERN",
     "LABEL_VALUE_MAX_CHARS",
     "LEASE_TOKEN_MAX_CHARS",
+    "LIST_PAGE_DEFAULT",
+    "LIST_PAGE_MAX",
+    "MAX_QUEUE_MAX",
     "OPERATION_ID_PATTERN",
     "PAYLOAD_MAX_BYTES",
     "PAYLOAD_MAX_DEPTH",
@@ -53,3 +57,15 @@ WATCH_GUARDS_MAX = 1000
 
 EPOCH_MAX_CHARS = 64
 """An epoch: at most 64 characters."""
+
+DEDUP_WINDOW_MAX = 30 * 24 * 3600.0
+"""ConfigureGuard's dedup_window: at most 30 days."""
+
+MAX_QUEUE_MAX = 100_000
+"""ConfigureGuard's max_queue: at most 100,000 callers queued per guard."""
+
+LIST_PAGE_DEFAULT = 100
+"""ListGuards' page size when the request names none."""
+
+LIST_PAGE_MAX = 1000
+"""ListGuards returns at most 1000 guards a page."""

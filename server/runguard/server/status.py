@@ -23,6 +23,7 @@ from runguard.server.errors import (
     RunGuardError,
     ShuttingDown,
     StoreUnavailable,
+    TooManyGuards,
     TooManyWatchers,
     Unauthenticated,
 )
@@ -36,6 +37,7 @@ CODES: dict[type[RunGuardError], grpc.StatusCode] = {
     NotPermitted: grpc.StatusCode.PERMISSION_DENIED,
     OperationConflict: grpc.StatusCode.ALREADY_EXISTS,
     TooManyWatchers: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooManyGuards: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,

@@ -9,6 +9,7 @@ operation_ids) comes in with the command, so the core is deterministic.
 from runguard.server.core.fingerprint import canonical_json, fingerprint
 from runguard.server.core.history import ChangeLog
 from runguard.server.core.model import (
+    CAPACITY_MAX,
     Accepted,
     BeginCommand,
     Change,
@@ -16,6 +17,7 @@ from runguard.server.core.model import (
     EndResult,
     GuardDoc,
     GuardPolicy,
+    GuardSettings,
     GuardView,
     Holder,
     Labels,
@@ -32,15 +34,18 @@ from runguard.server.core.transitions import (
     Transition,
     begin,
     cancel_wait,
+    configure,
     end,
     keep_alive,
     next_deadline,
+    policy_of,
     settle,
     view,
     without_waiters_of,
 )
 
 __all__ = [
+    "CAPACITY_MAX",
     "Accepted",
     "BeginCommand",
     "Change",
@@ -50,6 +55,7 @@ __all__ = [
     "Granted",
     "GuardDoc",
     "GuardPolicy",
+    "GuardSettings",
     "GuardView",
     "Holder",
     "Labels",
@@ -64,10 +70,12 @@ __all__ = [
     "begin",
     "cancel_wait",
     "canonical_json",
+    "configure",
     "end",
     "fingerprint",
     "keep_alive",
     "next_deadline",
+    "policy_of",
     "settle",
     "view",
     "without_waiters_of",
