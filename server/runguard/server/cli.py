@@ -89,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help="host:port to serve Prometheus /metrics on (off by default)"
     )
+    serve.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve Connect, gRPC-Web, SSE (/v1/events) and the status page (/) here (off)",
+    )
+    serve.add_argument(
+        "--http-cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an exact origin (https://app.example.com) whose pages may call the HTTP front "
+        "(repeatable; none by default)",
+    )
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     serve.add_argument(
@@ -189,6 +202,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
     pick("max_watchers_per_principal", args.max_watchers_per_principal)
     pick("max_request_bytes", args.max_request_bytes)
     pick("max_guards", args.max_guards)
+    pick("http_listen", args.http_listen, None, str)
+    if args.http_cors_origin:
+        values["http_cors_origins"] = tuple(args.http_cors_origin)
     values["capacities"] = dict(args.guard)
     return ServerConfig(**values)  # type: ignore[arg-type]  # keys are ServerConfig's fields
 
