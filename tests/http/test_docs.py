@@ -5,9 +5,11 @@ Chromium on another origin, and the connect-web example in Node.js, each against
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +28,6 @@ from tests.http.browser import chromium
 from tests.http.test_node_connect import NODE_DIR
 from tests.http.test_security import http_port_of
 from tests.integration.support import begin_request
-from tests.interop.test_readme import _environment
 
 pytestmark = pytest.mark.interop
 
@@ -34,6 +35,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "http.md"
 ADDRESS = "127.0.0.1:8080"
 PAGE_ORIGIN = "http://localhost:3000"
+
+
+def _environment() -> dict[str, str]:
+    """The test's environment with this interpreter's bin directory first on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def section(title: str) -> str:
