@@ -220,3 +220,35 @@ def test_run_refused_does_not_run_the_body(served: Callable[..., Served]) -> Non
         with pytest.raises(RunRejected), client.run("job", route="/j"):
             ran.append(True)
     assert ran == []
+
+
+def test_client_channels_reconnect_soon_after_a_server_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both clients cap grpc's reconnect backoff (1 s, not 120 s), so a call soon after a
+    server's restart is not refused for a backoff meant for a dead host; the caller's own
+    options still win."""
+    import grpc
+
+    seen: dict[str, dict[str, Any]] = {}
+    sync_channel, aio_channel = grpc.insecure_channel, grpc.aio.insecure_channel
+
+    def sync_capture(target: str, options: list[tuple[str, Any]]) -> Any:
+        seen["sync"] = dict(options)
+        return sync_channel(target, options=options)
+
+    def aio_capture(target: str, options: list[tuple[str, Any]]) -> Any:
+        seen["async"] = dict(options)
+        return aio_channel(target, options=options)
+
+    monkeypatch.setattr(grpc, "insecure_channel", sync_capture)
+    monkeypatch.setattr(grpc.aio, "insecure_channel", aio_capture)
+    Client("127.0.0.1:1", options=[("grpc.max_reconnect_backoff_ms", 5000)]).close()
+
+    async def open_async() -> None:
+        await AsyncClient("127.0.0.1:1").aclose()
+
+    asyncio.run(open_async())
+    assert seen["sync"]["grpc.max_reconnect_backoff_ms"] == 5000  # the caller's wins
+    assert seen["async"]["grpc.max_reconnect_backoff_ms"] == 1000
+    assert seen["async"]["grpc.initial_reconnect_backoff_ms"] == 100

@@ -17,6 +17,7 @@ from runguard.client._shared import (
     WaitingBegin,
     WatchCursor,
     begin_request,
+    channel_options,
     configure_request,
     end_result,
     grant_or_raise,
@@ -64,9 +65,9 @@ class AsyncClient:
         self._owned = channel is None
         if channel is None:
             channel = (
-                grpc.aio.secure_channel(target, credentials, options=list(options))
+                grpc.aio.secure_channel(target, credentials, options=channel_options(options))
                 if credentials is not None
-                else grpc.aio.insecure_channel(target, options=list(options))
+                else grpc.aio.insecure_channel(target, options=channel_options(options))
             )
         self._channel = channel
         self._stub: Any = runguard_pb2_grpc.RunGuardServiceStub(channel)  # type: ignore[no-untyped-call]  # generated

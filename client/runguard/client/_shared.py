@@ -30,6 +30,7 @@ from runguard.server.core.fingerprint import canonical_json
 from runguard.v1 import runguard_pb2 as pb
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "DEFAULT_RETRY",
     "DEFAULT_TARGET",
     "Holding",
@@ -37,6 +38,7 @@ __all__ = [
     "WaitingBegin",
     "WatchCursor",
     "begin_request",
+    "channel_options",
     "configure_request",
     "end_result",
     "grant_or_raise",
@@ -48,6 +50,22 @@ __all__ = [
 ]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # grpc backs off reconnecting for up to 120 s by default, and every channel of a
+    # process to one address shares that backoff: after a server's restart, calls would
+    # fail long after it is back. Try again within a second instead.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+"""Channel options every client channel starts with (the caller's ``options`` win)."""
+
+
+def channel_options(options: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``CHANNEL_OPTIONS`` with the caller's options in place of any they name."""
+    return list({**dict(CHANNEL_OPTIONS), **dict(options)}.items())
+
 
 _REASONS = {
     pb.REJECTION_REASON_IN_FLIGHT: "in_flight",

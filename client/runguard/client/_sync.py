@@ -17,6 +17,7 @@ from runguard.client._shared import (
     WaitingBegin,
     WatchCursor,
     begin_request,
+    channel_options,
     configure_request,
     end_result,
     grant_or_raise,
@@ -72,9 +73,9 @@ class Client:
         self._owned = channel is None
         if channel is None:
             channel = (
-                grpc.secure_channel(target, credentials, options=list(options))
+                grpc.secure_channel(target, credentials, options=channel_options(options))
                 if credentials is not None
-                else grpc.insecure_channel(target, options=list(options))
+                else grpc.insecure_channel(target, options=channel_options(options))
             )
         self._channel = channel
         self._stub: Any = runguard_pb2_grpc.RunGuardServiceStub(channel)  # type: ignore[no-untyped-call]  # generated

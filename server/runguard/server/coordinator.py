@@ -62,6 +62,9 @@ CAS_ATTEMPTS = 64
 EXPIRY_RETRY = 1.0
 """Seconds before a failed expiry is tried again."""
 
+SETTLES_IN_FLIGHT = 32
+"""Guards the expiry timer settles at once (each is a read and a commit of the store)."""
+
 DRAINED = (
     "server shutting down: the Begin left the queue; send it again "
     "(to another replica, or here after the restart)"
@@ -522,24 +525,44 @@ class Coordinator:
             self._wake.set()
 
     async def _expire_loop(self) -> None:
-        while True:
-            while self._heap and self._deadlines.get(self._heap[0][1]) != self._heap[0][0]:
+        """Settle each guard when its deadline comes, SETTLES_IN_FLIGHT at once: under load
+        the due guards (leases ending, one-shot names to reclaim) come faster than one
+        store round trip after another could keep up with."""
+        slots = asyncio.Semaphore(SETTLES_IN_FLIGHT)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                while self._heap and self._deadlines.get(self._heap[0][1]) != self._heap[0][0]:
+                    heapq.heappop(self._heap)
+                self._wake.clear()
+                if not self._heap:
+                    await self._wake.wait()
+                    continue
+                deadline, guard = self._heap[0]
+                delay = deadline - self._clock()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                    continue
                 heapq.heappop(self._heap)
-            self._wake.clear()
-            if not self._heap:
-                await self._wake.wait()
-                continue
-            deadline, guard = self._heap[0]
-            delay = deadline - self._clock()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                continue
-            heapq.heappop(self._heap)
-            del self._deadlines[guard]
-            try:
-                await self._settle(guard)
-            except Exception as error:  # expiry must go on for every other guard
-                log.warning("expiry_failed", guard=guard, error=str(error))
+                del self._deadlines[guard]
+                await slots.acquire()
+                task = asyncio.create_task(self._settle_due(guard, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _settle_due(self, guard: str, slots: asyncio.Semaphore) -> None:
+        try:
+            await self._settle(guard)
+        except Exception as error:  # expiry must go on for every other guard
+            log.warning("expiry_failed", guard=guard, error=str(error))
+            if guard not in self._deadlines:
                 self._deadlines[guard] = self._clock() + EXPIRY_RETRY
                 heapq.heappush(self._heap, (self._deadlines[guard], guard))
+                self._wake.set()
+        finally:
+            slots.release()
