@@ -7,6 +7,7 @@ import re
 from runguard.server.config import GUARD_PATTERN
 
 __all__ = [
+    "CANCEL_REASON_MAX_CHARS",
     "EPOCH_MAX_CHARS",
     "GUARD_PATTERN",
     "IDEMPOTENCY_KEY_MAX_CHARS",
@@ -17,6 +18,8 @@ __all__ = [
     "OPERATION_ID_PATTERN",
     "PAYLOAD_MAX_BYTES",
     "PAYLOAD_MAX_DEPTH",
+    "PROGRESS_MESSAGE_MAX_CHARS",
+    "RESULT_MAX_BYTES",
     "ROUTE_MAX_CHARS",
     "WATCH_GUARDS_MAX",
 ]
@@ -53,3 +56,12 @@ WATCH_GUARDS_MAX = 1000
 
 EPOCH_MAX_CHARS = 64
 """An epoch: at most 64 characters."""
+
+RESULT_MAX_BYTES = 4 * 1024
+"""An End's result: at most 4 KiB as serialized protobuf (and 32 levels deep)."""
+
+PROGRESS_MESSAGE_MAX_CHARS = 256
+"""A progress message: at most 256 characters, no control characters."""
+
+CANCEL_REASON_MAX_CHARS = 256
+"""A Cancel's reason: at most 256 characters, no control characters."""
