@@ -313,7 +313,7 @@ class Coordinator:
         )
         if ended is None and transition.outcome is EndResult.ALREADY_ENDED:
             try:
-                ended = core.find_run(transition.doc, operation_id, self._clock())
+                ended = core.find_run(transition.doc, policy, operation_id, self._clock())
             except RunNotFound:
                 ended = None
         return transition.outcome, ended
@@ -370,7 +370,8 @@ class Coordinator:
             RunNotFound: the guard knows no such run.
         """
         transition, _ = await self._settle(guard)
-        return core.find_run(transition.doc, operation_id, self._clock())
+        policy = self.config.policy(guard)
+        return core.find_run(transition.doc, policy, operation_id, self._clock())
 
     async def current(self, guard: str) -> tuple[GuardView, int]:
         """The guard's state (settled first) and the revision it is as of."""

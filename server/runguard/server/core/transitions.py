@@ -215,9 +215,10 @@ class _Work:
         self.put(holder, dataclasses.replace(holder, progress_shown_at=now, progress_due=None))
         self.changes.append(Change(kind=ChangeKind.PROGRESSED, run=holder.run, state=self.view()))
 
-    def known_end(self, operation_id: str) -> Run | Tombstone | None:
+    def known_end(self, operation_id: str, now: float) -> Run | Tombstone | None:
         """What the guard still knows of an ended run: the run itself, or its tombstone."""
-        return _known_end(self.accepted, self.tombstones, operation_id)
+        cutoff = now - self.policy.dedup_window
+        return _known_end(self.accepted, self.tombstones, operation_id, cutoff)
 
     def settle(self, now: float) -> None:
         """Expire due leases, drop waiters whose wait is over, promote the queue."""
@@ -458,7 +459,7 @@ def end(
     work.settle(now)
     held = work.holder(operation_id)
     if held is None:
-        known = work.known_end(operation_id) is not None
+        known = work.known_end(operation_id, now) is not None
         return work.finish(EndResult.ALREADY_ENDED if known else EndResult.UNKNOWN, now)
     if not force and held.lease_token != lease_token:
         raise LeaseMismatch(doc.name, operation_id)
@@ -540,7 +541,7 @@ def cancel(
     held = work.holder(operation_id)
     run = held.run if held is not None else None
     if run is None:
-        known = work.known_end(operation_id)
+        known = work.known_end(operation_id, now)
         if not isinstance(known, Run):
             raise RunNotFound(doc.name, operation_id, _gone(known, now))
         run = known
@@ -559,7 +560,7 @@ def cancel(
     return work.finish((CancelResult.REQUESTED, marked), now)
 
 
-def find_run(doc: GuardDoc, operation_id: str, now: float) -> Run:
+def find_run(doc: GuardDoc, policy: GuardPolicy, operation_id: str, now: float) -> Run:
     """A live run, or an ended one still kept with its dedup entry (call after settle).
 
     Raises:
@@ -568,19 +569,26 @@ def find_run(doc: GuardDoc, operation_id: str, now: float) -> Run:
     held = next((h for h in doc.holders if h.run.operation_id == operation_id), None)
     if held is not None:
         return held.run
-    known = _known_end(doc.accepted, doc.tombstones, operation_id)
+    known = _known_end(doc.accepted, doc.tombstones, operation_id, now - policy.dedup_window)
     if isinstance(known, Run):
         return known
     raise RunNotFound(doc.name, operation_id, _gone(known, now))
 
 
 def _known_end(
-    accepted: Mapping[str, Accepted], tombstones: Collection[Tombstone], operation_id: str
+    accepted: Mapping[str, Accepted],
+    tombstones: Collection[Tombstone],
+    operation_id: str,
+    cutoff: float,
 ) -> Run | Tombstone | None:
-    """What a guard still knows of an ended run: the run itself, or its tombstone."""
+    """What a guard still knows of an ended run: the run itself while its dedup entry is
+    inside the window (accepted after ``cutoff``; stale ones wait for the next write to
+    be dropped), or else its tombstone."""
     for entry in reversed(list(accepted.values())):
-        if entry.run.operation_id == operation_id and entry.run.ending is not None:
-            return entry.run
+        run = entry.run
+        ended = run.operation_id == operation_id and run.ending is not None
+        if ended and entry.accepted_at > cutoff:
+            return run
     return next((t for t in reversed(list(tombstones)) if t.operation_id == operation_id), None)
 
 
