@@ -209,13 +209,27 @@ def run_from(message: pb.Run) -> Run:
         state="ended" if message.state == pb.RUN_STATE_ENDED else "running",
         end_reason=_RELEASES.get(message.end_reason),
         outcome=_OUTCOME_NAMES.get(message.outcome),
-        result=json_format.MessageToDict(message.result) if message.HasField("result") else None,
+        result=_whole(json_format.MessageToDict(message.result))
+        if message.HasField("result")
+        else None,
         ended_at=message.ended_at.ToDatetime(tzinfo=UTC) if message.HasField("ended_at") else None,
         progress=progress,
         cancel_requested=message.cancel_requested,
         cancel_reason=message.cancel_reason,
         cancelled_by=message.cancelled_by,
     )
+
+
+def _whole(value: Any) -> Any:
+    """A JSON value from a protobuf Value, with whole numbers as ints (a Value only has
+    doubles, so ``{"n": 7}`` would come back as ``{"n": 7.0}``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole(item) for key, item in value.items()}
+    return value
 
 
 def end_request(
