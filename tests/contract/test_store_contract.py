@@ -38,9 +38,12 @@ TIMEOUT = 2.0
 """Seconds a feed may take to deliver a commit (generous for networked stores)."""
 
 
-def command(op: str, *, wait: float = 0.0) -> BeginCommand:
-    """A Begin for ``op`` with fingerprint ``fp-<op>`` and lease token ``tok-<op>``."""
-    return BeginCommand(operation_id=op, fingerprint=f"fp-{op}", lease_token=f"tok-{op}", wait=wait)
+def command(op: str, *, wait: float = 0.0, owner: str = "") -> BeginCommand:
+    """A Begin for ``op`` with fingerprint ``fp-<op>`` and lease token ``tok-<op>``, queued
+    (if it queues) as a caller of server ``owner``."""
+    return BeginCommand(
+        operation_id=op, fingerprint=f"fp-{op}", lease_token=f"tok-{op}", wait=wait, owner=owner
+    )
 
 
 async def apply(store: Store, guard: str, step: Callable[[GuardDoc], Transition[Any]]) -> Commit:
@@ -53,7 +56,11 @@ async def apply(store: Store, guard: str, step: Callable[[GuardDoc], Transition[
 
 async def acquire(store: Store, guard: str, op: str, *, wait: float = 0.0) -> Commit:
     """Commit a Begin of ``op`` (granted, or queued when the guard is full and ``wait`` > 0)."""
-    return await apply(store, guard, lambda doc: begin(doc, POLICY, command(op, wait=wait), T0))
+    return await apply(
+        store,
+        guard,
+        lambda doc: begin(doc, POLICY, command(op, wait=wait, owner=store.replica), T0),
+    )
 
 
 async def release(store: Store, guard: str, op: str) -> Commit:

@@ -81,7 +81,8 @@ async def test_a_watcher_on_one_replica_sees_another_replicas_changes_in_order(
     revisions = [c.revision for c in changes]
     assert revisions == sorted(set(revisions))
     current = await a.stub.Current(pb.CurrentRequest(guard="job"))
-    assert revisions[-1] == current.revision
+    # Other guards' commits (reclaims among them) may have moved the store on since.
+    assert current.revision >= revisions[-1]
     assert current.epoch == (await b.stub.Current(pb.CurrentRequest(guard="job"))).epoch
 
 

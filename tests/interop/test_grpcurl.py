@@ -203,7 +203,9 @@ def test_watch_streams_snapshot_then_acquired_then_released(served: Callable[...
     try:
         stream = JsonStream(process)
         first = stream.next()
-        assert first["snapshot"]["guards"] == [{"guard": "w", "capacity": 1}]
+        assert first["snapshot"]["guards"] == [
+            {"guard": "w", "capacity": 1, "dedupWindow": "5s", "maxQueue": 1000}
+        ]
 
         begin = {"guard": "w", "operation_id": "op-w", "route": "/r"}
         granted = call(server.address, "Begin", begin)["granted"]

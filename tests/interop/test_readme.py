@@ -106,12 +106,13 @@ def test_grpcurl_session_gives_the_documented_outcomes(
     assert f'"fingerprint": "{run["fingerprint"]}"' in README.read_text(encoding="utf-8"), shown
     assert in_flight["rejected"]["reason"] == "REJECTION_REASON_IN_FLIGHT", shown
     assert [h["operationId"] for h in in_flight["rejected"]["holders"]] == ["op-1"], shown
-    assert ended == {"result": "END_RESULT_ENDED"}, shown
+    assert ended["result"] == "END_RESULT_ENDED", shown
+    assert ended["run"]["state"] == "RUN_STATE_ENDED", shown
     assert duplicate["rejected"]["reason"] == "REJECTION_REASON_DUPLICATE", shown
     assert duplicate["rejected"]["duplicateOf"]["operationId"] == "op-1", shown
     assert watched["snapshot"] == {
         "revision": "2",
-        "guards": [{"guard": "generate", "capacity": 1}],
+        "guards": [{"guard": "generate", "capacity": 1, "dedupWindow": "5s", "maxQueue": 1000}],
     }, shown
     assert watched["epoch"], shown
     # The only error is the Watch's own end: -max-time elapsed (exit code 64 + 4).

@@ -75,7 +75,7 @@ def test_network_session_gives_the_documented_outcomes(tmp_path: Path) -> None:
     assert granted["granted"]["run"]["principal"] == "worker-7", shown
     assert granted["granted"]["run"]["operationId"] == "op-1", shown
     assert [h["principal"] for h in current["state"]["holders"]] == ["worker-7"], shown
-    assert ended == {"result": "END_RESULT_ENDED"}, shown
+    assert ended["result"] == "END_RESULT_ENDED", shown
     assert result.stderr.count("Code: PermissionDenied") == 2, shown
     assert "principal 'build-host' has none" in result.stderr, shown
     assert "End with force needs the role admin; principal 'worker-7' has run" in result.stderr

@@ -41,6 +41,8 @@ from runguard.server.core import (
     Granted,
     GuardDoc,
     GuardPolicy,
+    GuardSettings,
+    GuardView,
     Queued,
     Rejection,
     RejectionReason,
@@ -52,9 +54,11 @@ from runguard.server.core import (
     begin,
     cancel,
     cancel_wait,
+    configure,
     end,
     keep_alive,
     next_deadline,
+    policy_of,
     settle,
 )
 from runguard.server.errors import (
@@ -125,6 +129,12 @@ class Model:
     """Fencing tokens of the runs that left their slot."""
     events: list[tuple[ChangeKind, str, ReleaseReason | None, int]] = field(default_factory=list)
     dirty: bool = False
+    kept: dict[str, float] = field(default_factory=dict)
+    """The dedup entries as the stored document keeps them (stale ones go on each write)."""
+    reclaim: bool = False
+    defaults: GuardPolicy | None = None
+    """The policy of the guard without settings of its own (``policy`` is the one in force)."""
+    configured: bool = False
 
     def clone(self) -> Model:
         """A copy to run one command on (committed only if the core agrees)."""
@@ -136,7 +146,25 @@ class Model:
             accepted=dict(self.accepted),
             last_release=dict(self.last_release),
             ended=set(self.ended),
+            kept=dict(self.kept),
+            defaults=self.defaults,
+            configured=self.configured,
         )
+
+    def finish(self, now: float) -> None:
+        """What every command ends with: a guard with nothing left to keep is reclaimed."""
+        window = self.policy.dedup_window
+        idle = not self.holders and not self.queue and not self.configured
+        live = {fp: at for fp, at in self.kept.items() if now - at < window}
+        if not self.dirty and idle and not live and (self.kept or self.last_release):
+            self.dirty = True
+        if not self.dirty:
+            return
+        self.kept = live
+        self.reclaim = idle and not live
+        if self.reclaim:
+            # The store deletes the guard: how its runs left is forgotten with it.
+            self.kept, self.accepted, self.last_release = {}, {}, {}
 
     def holder(self, op: str) -> MHolder | None:
         return next((h for h in self.holders if h.op == op), None)
@@ -157,6 +185,8 @@ class Model:
         self.holders.append(h)
         self.accepted.pop(fp, None)  # re-inserted last, as the core keeps them
         self.accepted[fp] = (now, op, h.fencing)
+        self.kept.pop(fp, None)
+        self.kept[fp] = now
         self.dirty = True
         self.events.append((ChangeKind.ACQUIRED, op, None, len(self.queue)))
         return h
@@ -186,13 +216,16 @@ class Model:
 
     def ended_run(self, op: str, now: float) -> tuple[float, str, int] | None:
         """The latest dedup entry inside the window whose run (``op``) has ended."""
-        for at, entry_op, fencing in reversed(list(self.accepted.values())):
+        for fp, (at, entry_op, fencing) in reversed(list(self.accepted.items())):
+            if fp not in self.kept:
+                continue
             if entry_op == op and fencing in self.ended and now - at < self.policy.dedup_window:
                 return (at, entry_op, fencing)
         return None
 
     def in_window(self, fp: str, now: float) -> tuple[float, str, int] | None:
-        hit = self.accepted.get(fp)
+        # What the document kept: an entry dropped under a shorter window stays gone.
+        hit = self.accepted.get(fp) if fp in self.kept else None
         if hit is not None and now - hit[0] < self.policy.dedup_window:
             return hit
         return None
@@ -293,6 +326,17 @@ class Model:
                 h.due = h.shown_at + PROGRESS_INTERVAL
         return ("run", h.op, h.fencing, h.expires_at)
 
+    def configure(self, settings: GuardSettings | None, now: float) -> Outcome:
+        self.settle(now)
+        defaults = self.defaults or self.policy
+        policy = defaults if settings is None else defaults.with_settings(settings)
+        if (settings is not None) != self.configured or policy != self.policy:
+            self.policy, self.configured = policy, settings is not None
+            self.dirty = True
+            self.events.append((ChangeKind.CONFIGURED, "", None, len(self.queue)))
+            self.promote(now)
+        return ("view", self.policy.capacity, self.policy.dedup_window, self.policy.max_queue)
+
     def cancel_wait(self, op: str, token: str, now: float) -> Outcome:
         self.settle(now)
         h = self.holder(op)
@@ -350,6 +394,8 @@ def reduce(outcome: object) -> Outcome:
     if isinstance(outcome, tuple):
         result, run = outcome
         return ("cancel", result, run.operation_id, run.fencing_token)
+    if isinstance(outcome, GuardView):
+        return ("view", outcome.capacity, outcome.dedup_window, outcome.max_queue)
     assert outcome is None, outcome
     return ("none",)
 
@@ -365,7 +411,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.now = START
         self.policy = GuardPolicy()
         self.doc = GuardDoc(name="g", next_fencing=1)
-        self.model = Model(policy=self.policy, next_fencing=1)
+        self.model = Model(policy=self.policy, next_fencing=1, defaults=self.policy)
         self.tokens = 0
         self.last_token: dict[str, str] = {}
         # The simulated store.
@@ -378,6 +424,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.fencing_seen: list[int] = []
         self.grants_seen: list[tuple[str, float]] = []
         self.arrivals: list[tuple[str, str, float]] = []
+        self.overfull = False
+        """Holders above capacity are allowed: a configure lowered it under them."""
 
     @initialize(
         capacity=st.integers(min_value=1, max_value=3),
@@ -403,7 +451,7 @@ class CoreMachine(RuleBasedStateMachine):
             capacity=capacity, dedup_window=dedup_window, max_ttl=max_ttl, max_queue=max_queue
         )
         self.doc = GuardDoc(name="g", next_fencing=next_fencing)
-        self.model = Model(policy=self.policy, next_fencing=next_fencing)
+        self.model = Model(policy=self.policy, next_fencing=next_fencing, defaults=self.policy)
         self.history = history
         self.log = ChangeLog(history)
         for op, fp in zip(OPS[:prefill], FINGERPRINTS, strict=False):
@@ -420,6 +468,8 @@ class CoreMachine(RuleBasedStateMachine):
         before = self.doc
         model = self.model.clone()
         expected = model_step(model)
+        if expected[0] != "raise":
+            model.finish(self.now)
         error: RunGuardError | None = None
         try:
             t = command(before)
@@ -440,10 +490,13 @@ class CoreMachine(RuleBasedStateMachine):
         for change in t.changes:
             event(f"change {change.kind.value}")
         assert t.dirty == model.dirty
+        assert t.reclaim == model.reclaim
+        if t.reclaim:
+            event("reclaimed")
         if not t.dirty:
             assert t.doc is before
             assert t.changes == ()
-        assert [(c.kind, c.run.operation_id, c.reason) for c in t.changes] == [
+        assert [(c.kind, c.run.operation_id if c.run else "", c.reason) for c in t.changes] == [
             (kind, op, reason) for kind, op, reason, _ in model.events
         ]
         self.check_change_states(t.changes, model)
@@ -458,21 +511,30 @@ class CoreMachine(RuleBasedStateMachine):
         holders = [h.run for h in self.doc.holders]
         for change, (_, _, _, queue_length) in zip(changes, model.events, strict=True):
             if change.kind is ChangeKind.ACQUIRED:
+                assert change.run is not None
                 holders.append(change.run)
+                # A grant never takes the guard past its capacity.
+                assert len(holders) <= change.state.capacity
             elif change.kind is ChangeKind.RELEASED:
-                holders = [r for r in holders if r.operation_id != change.run.operation_id]
+                assert change.run is not None
+                gone = change.run.operation_id
+                holders = [r for r in holders if r.operation_id != gone]
+            elif change.kind is ChangeKind.CONFIGURED:
+                assert change.run is None
+                assert change.state.capacity == model.policy.capacity
             else:
                 # Progress and cancel requests change the run, never who holds a slot.
+                assert change.run is not None
                 ops = [r.operation_id for r in holders]
                 holders[ops.index(change.run.operation_id)] = change.run
             # An outcome only on ended runs: only a RELEASED change shows how a run ended.
             if change.kind is ChangeKind.RELEASED:
+                assert change.run is not None
                 assert change.run.ending is not None
                 assert change.run.ending.reason is change.reason
-            else:
+            elif change.run is not None:
                 assert change.run.ending is None
             assert change.state.guard == "g"
-            assert change.state.capacity == self.policy.capacity
             assert list(change.state.holders) == holders
             assert change.state.queue_length == queue_length
             assert change.revision == 0
@@ -484,6 +546,7 @@ class CoreMachine(RuleBasedStateMachine):
             if change.kind is not ChangeKind.ACQUIRED:
                 continue
             run = change.run
+            assert run is not None
             if self.fencing_seen:
                 assert run.fencing_token > self.fencing_seen[-1]
             self.fencing_seen.append(run.fencing_token)
@@ -518,7 +581,9 @@ class CoreMachine(RuleBasedStateMachine):
         self.revision = revision
         self.committed += stamped
         self.log.append(stamped)
-        self.doc = t.doc
+        # A reclaimed guard is deleted; reading it again gives a new document
+        # whose fencing starts at the store's floor (the reclaimed one's next token).
+        self.doc = GuardDoc(name="g", next_fencing=t.doc.next_fencing) if t.reclaim else t.doc
         self.written_at = self.now
 
     def compare_document(self) -> None:
@@ -551,14 +616,15 @@ class CoreMachine(RuleBasedStateMachine):
         ]
         # Dedup entries: every submission accepted within the window, and (once the
         # document was written) nothing older, so the document stays bounded.
-        window = self.policy.dedup_window
+        window = model.policy.dedup_window
+        assert policy_of(doc, self.policy) == model.policy
         assert all(fp == a.run.fingerprint for fp, a in doc.accepted.items())
         kept = {
             fp: (a.accepted_at, a.run.operation_id, a.run.fencing_token)
             for fp, a in doc.accepted.items()
         }
         assert {fp: hit for fp, hit in kept.items() if self.now - hit[0] < window} == {
-            fp: hit for fp, hit in model.accepted.items() if self.now - hit[0] < window
+            fp: model.accepted[fp] for fp, at in model.kept.items() if self.now - at < window
         }
         if self.written_at == self.now:
             assert all(self.now - at < window for at, _, _ in kept.values())
@@ -568,7 +634,18 @@ class CoreMachine(RuleBasedStateMachine):
                 assert (a.run.ending is not None) == (a.run.fencing_token in model.ended), fp
         times = [h.expires_at for h in model.holders] + [w.deadline for w in model.queue]
         times += [h.due for h in model.holders if h.due is not None]
-        assert next_deadline(doc) == min(times, default=None)
+        deadline = next_deadline(doc, self.policy)
+        if times:
+            assert deadline == min(times)
+        elif model.configured:
+            assert deadline is None  # settings of its own: never reclaimed
+        elif model.kept:
+            assert deadline == max(model.kept.values()) + window
+        elif model.last_release:
+            assert deadline is not None
+            assert deadline <= self.now  # nothing to keep: reclaim at once
+        else:
+            assert deadline is None
 
     # --- tokens and operations ------------------------------------------------------------
 
@@ -601,7 +678,8 @@ class CoreMachine(RuleBasedStateMachine):
         """Time jumps exactly onto a lease expiry, a wait deadline or a dedup-window edge."""
         edges = [h.run.expires_at for h in self.doc.holders]
         edges += [w.deadline for w in self.doc.queue]
-        edges += [a.accepted_at + self.policy.dedup_window for a in self.doc.accepted.values()]
+        window = policy_of(self.doc, self.policy).dedup_window
+        edges += [a.accepted_at + window for a in self.doc.accepted.values()]
         edges = sorted(e for e in edges if e >= self.now)
         if edges:
             offset = data.draw(st.sampled_from([0.0, 0.0, -0.125, 0.125]), label="offset")
@@ -625,9 +703,8 @@ class CoreMachine(RuleBasedStateMachine):
         outcome = t.outcome
         if isinstance(outcome, Rejection) and outcome.reason is RejectionReason.DUPLICATE:
             # Only a submission accepted within the window, or one already queued.
-            recent = any(
-                f == fp and now - at < self.policy.dedup_window for f, at in self.grants_seen
-            )
+            window = self.model.policy.dedup_window
+            recent = any(f == fp and now - at < window for f, at in self.grants_seen)
             twin = any(w.fingerprint == fp for w in t.doc.queue)
             assert recent or twin, outcome
 
@@ -639,7 +716,7 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), op=st.sampled_from(OPS), wait=WAITS)
     def resubmit_at_the_window_edge(self, data: st.DataObject, op: str, wait: float) -> None:
         """The same submission comes again just before, at or just after its dedup window ends."""
-        window = self.policy.dedup_window
+        window = self.model.policy.dedup_window
         offset = data.draw(st.sampled_from([-0.125, 0.0, 0.125]), label="offset")
         entries = self.doc.accepted.values()
         edges = [a for a in entries if a.accepted_at + window + offset >= self.now]
@@ -729,6 +806,28 @@ class CoreMachine(RuleBasedStateMachine):
             lambda m: m.cancel_wait(op, token, now),
         )
 
+    @rule(
+        settings=st.none()
+        | st.builds(
+            GuardSettings,
+            capacity=st.integers(min_value=1, max_value=4),
+            dedup_window=st.sampled_from([0.0, 2.5, 5.0]),
+            max_queue=st.integers(min_value=0, max_value=3),
+        )
+    )
+    def configure(self, settings: GuardSettings | None) -> None:
+        """An operator gives the guard settings of its own, or resets them."""
+        now = self.now
+        before = len(self.doc.holders)
+        t = self.apply(
+            lambda d: configure(d, self.policy, settings, now),
+            lambda m: m.configure(settings, now),
+        )
+        if t is not None and t.dirty:
+            # Lowering capacity evicts nobody: every holder is still there.
+            assert len(t.doc.holders) >= min(before, len(self.doc.holders))
+            self.overfull = len(self.doc.holders) > self.model.policy.capacity
+
     @rule()
     def settle(self) -> None:
         """The store's timer settles the guard."""
@@ -759,14 +858,18 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def never_more_holders_than_capacity(self) -> None:
-        """At most ``capacity`` runs hold a slot."""
-        assert len(self.doc.holders) <= self.policy.capacity
+        """At most ``capacity`` runs hold a slot (more only while a lowered capacity
+        waits for holders granted before it to leave)."""
+        capacity = policy_of(self.doc, self.policy).capacity
+        if len(self.doc.holders) <= capacity:
+            self.overfull = False
+        assert len(self.doc.holders) <= capacity or self.overfull
 
     @invariant()
     def queue_only_while_full(self) -> None:
         """Somebody waits only while every slot is taken."""
         if self.doc.queue:
-            assert len(self.doc.holders) == self.policy.capacity
+            assert len(self.doc.holders) >= policy_of(self.doc, self.policy).capacity
 
     @invariant()
     def fencing_counter_is_ahead_of_every_grant(self) -> None:

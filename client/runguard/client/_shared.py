@@ -69,6 +69,7 @@ _RELEASES = {
 _KINDS = {
     pb.CHANGE_KIND_ACQUIRED: "acquired",
     pb.CHANGE_KIND_RELEASED: "released",
+    pb.CHANGE_KIND_CONFIGURED: "configured",
     pb.CHANGE_KIND_PROGRESSED: "progressed",
     pb.CHANGE_KIND_CANCEL_REQUESTED: "cancel_requested",
 }

@@ -19,6 +19,7 @@ class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTION_REASON_DUPLICATE: _ClassVar[RejectionReason]
     REJECTION_REASON_WAIT_TIMEOUT: _ClassVar[RejectionReason]
     REJECTION_REASON_QUEUE_FULL: _ClassVar[RejectionReason]
+    REJECTION_REASON_NOT_HELD: _ClassVar[RejectionReason]
 
 class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +46,7 @@ class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
     CHANGE_KIND_ACQUIRED: _ClassVar[ChangeKind]
     CHANGE_KIND_RELEASED: _ClassVar[ChangeKind]
+    CHANGE_KIND_CONFIGURED: _ClassVar[ChangeKind]
     CHANGE_KIND_PROGRESSED: _ClassVar[ChangeKind]
     CHANGE_KIND_CANCEL_REQUESTED: _ClassVar[ChangeKind]
 
@@ -66,6 +68,7 @@ REJECTION_REASON_IN_FLIGHT: RejectionReason
 REJECTION_REASON_DUPLICATE: RejectionReason
 REJECTION_REASON_WAIT_TIMEOUT: RejectionReason
 REJECTION_REASON_QUEUE_FULL: RejectionReason
+REJECTION_REASON_NOT_HELD: RejectionReason
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_RUNNING: RunState
 RUN_STATE_ENDED: RunState
@@ -80,6 +83,7 @@ CANCEL_RESULT_ALREADY_ENDED: CancelResult
 CHANGE_KIND_UNSPECIFIED: ChangeKind
 CHANGE_KIND_ACQUIRED: ChangeKind
 CHANGE_KIND_RELEASED: ChangeKind
+CHANGE_KIND_CONFIGURED: ChangeKind
 CHANGE_KIND_PROGRESSED: ChangeKind
 CHANGE_KIND_CANCEL_REQUESTED: ChangeKind
 RELEASE_REASON_UNSPECIFIED: ReleaseReason
@@ -147,19 +151,25 @@ class RunProgress(_message.Message):
     def __init__(self, fraction: _Optional[float] = ..., message: _Optional[str] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GuardState(_message.Message):
-    __slots__ = ("guard", "capacity", "holders", "queue_length")
+    __slots__ = ("guard", "capacity", "holders", "queue_length", "dedup_window", "max_queue", "configured")
     GUARD_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     guard: str
     capacity: int
     holders: _containers.RepeatedCompositeFieldContainer[Run]
     queue_length: int
-    def __init__(self, guard: _Optional[str] = ..., capacity: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., queue_length: _Optional[int] = ...) -> None: ...
+    dedup_window: _duration_pb2.Duration
+    max_queue: int
+    configured: bool
+    def __init__(self, guard: _Optional[str] = ..., capacity: _Optional[int] = ..., holders: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., queue_length: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue: _Optional[int] = ..., configured: _Optional[bool] = ...) -> None: ...
 
 class BeginRequest(_message.Message):
-    __slots__ = ("guard", "operation_id", "route", "payload", "idempotency_key", "ttl", "wait", "labels")
+    __slots__ = ("guard", "operation_id", "route", "payload", "idempotency_key", "ttl", "wait", "labels", "resume_only")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +185,7 @@ class BeginRequest(_message.Message):
     TTL_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_ONLY_FIELD_NUMBER: _ClassVar[int]
     guard: str
     operation_id: str
     route: str
@@ -183,7 +194,8 @@ class BeginRequest(_message.Message):
     ttl: _duration_pb2.Duration
     wait: _duration_pb2.Duration
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., route: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    resume_only: bool
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., route: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., resume_only: _Optional[bool] = ...) -> None: ...
 
 class Granted(_message.Message):
     __slots__ = ("run", "lease_token", "replayed")
@@ -290,14 +302,16 @@ class WatchRequest(_message.Message):
     def __init__(self, guards: _Optional[_Iterable[str]] = ..., after_revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("revision", "guards", "resynced")
+    __slots__ = ("revision", "guards", "resynced", "more")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     GUARDS_FIELD_NUMBER: _ClassVar[int]
     RESYNCED_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     revision: int
     guards: _containers.RepeatedCompositeFieldContainer[GuardState]
     resynced: bool
-    def __init__(self, revision: _Optional[int] = ..., guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., resynced: _Optional[bool] = ...) -> None: ...
+    more: bool
+    def __init__(self, revision: _Optional[int] = ..., guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., resynced: _Optional[bool] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("revision", "kind", "release_reason", "run", "state")
@@ -330,6 +344,50 @@ class WatchResponse(_message.Message):
     change: Change
     progress: Progress
     def __init__(self, epoch: _Optional[str] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., change: _Optional[_Union[Change, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class ConfigureGuardRequest(_message.Message):
+    __slots__ = ("guard", "capacity", "dedup_window", "max_queue", "reset")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    capacity: int
+    dedup_window: _duration_pb2.Duration
+    max_queue: int
+    reset: bool
+    def __init__(self, guard: _Optional[str] = ..., capacity: _Optional[int] = ..., dedup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_queue: _Optional[int] = ..., reset: _Optional[bool] = ...) -> None: ...
+
+class ConfigureGuardResponse(_message.Message):
+    __slots__ = ("state", "revision", "epoch")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    state: GuardState
+    revision: int
+    epoch: str
+    def __init__(self, state: _Optional[_Union[GuardState, _Mapping]] = ..., revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
+
+class ListGuardsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListGuardsResponse(_message.Message):
+    __slots__ = ("guards", "next_page_token", "revision", "epoch")
+    GUARDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    guards: _containers.RepeatedCompositeFieldContainer[GuardState]
+    next_page_token: str
+    revision: int
+    epoch: str
+    def __init__(self, guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("guard", "operation_id", "reason")

@@ -60,6 +60,16 @@ class RunGuardServiceStub:
                 request_serializer=runguard_dot_v1_dot_runguard__pb2.WatchRequest.SerializeToString,
                 response_deserializer=runguard_dot_v1_dot_runguard__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.ConfigureGuard = channel.unary_unary(
+                '/runguard.v1.RunGuardService/ConfigureGuard',
+                request_serializer=runguard_dot_v1_dot_runguard__pb2.ConfigureGuardRequest.SerializeToString,
+                response_deserializer=runguard_dot_v1_dot_runguard__pb2.ConfigureGuardResponse.FromString,
+                _registered_method=True)
+        self.ListGuards = channel.unary_unary(
+                '/runguard.v1.RunGuardService/ListGuards',
+                request_serializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsRequest.SerializeToString,
+                response_deserializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsResponse.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/runguard.v1.RunGuardService/Cancel',
                 request_serializer=runguard_dot_v1_dot_runguard__pb2.CancelRequest.SerializeToString,
@@ -123,6 +133,23 @@ class RunGuardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfigureGuard(self, request, context):
+        """ConfigureGuard gives a guard settings of its own (needs the `admin` role
+        when the server authenticates its callers). Every replica enforces them at
+        once and watchers get a CONFIGURED change. A higher capacity grants queued
+        callers at once; a lower one never evicts a holder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGuards(self, request, context):
+        """ListGuards pages through the guards the store holds, by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Cancel(self, request, context):
         """Cancel asks the holder of a run to stop: the run is marked
         `cancel_requested`, which its holder sees in KeepAlive's response and
@@ -173,6 +200,16 @@ def add_RunGuardServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=runguard_dot_v1_dot_runguard__pb2.WatchRequest.FromString,
                     response_serializer=runguard_dot_v1_dot_runguard__pb2.WatchResponse.SerializeToString,
+            ),
+            'ConfigureGuard': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureGuard,
+                    request_deserializer=runguard_dot_v1_dot_runguard__pb2.ConfigureGuardRequest.FromString,
+                    response_serializer=runguard_dot_v1_dot_runguard__pb2.ConfigureGuardResponse.SerializeToString,
+            ),
+            'ListGuards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGuards,
+                    request_deserializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsRequest.FromString,
+                    response_serializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsResponse.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
@@ -321,6 +358,60 @@ class RunGuardService:
             '/runguard.v1.RunGuardService/Watch',
             runguard_dot_v1_dot_runguard__pb2.WatchRequest.SerializeToString,
             runguard_dot_v1_dot_runguard__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureGuard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runguard.v1.RunGuardService/ConfigureGuard',
+            runguard_dot_v1_dot_runguard__pb2.ConfigureGuardRequest.SerializeToString,
+            runguard_dot_v1_dot_runguard__pb2.ConfigureGuardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGuards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runguard.v1.RunGuardService/ListGuards',
+            runguard_dot_v1_dot_runguard__pb2.ListGuardsRequest.SerializeToString,
+            runguard_dot_v1_dot_runguard__pb2.ListGuardsResponse.FromString,
             options,
             channel_credentials,
             insecure,

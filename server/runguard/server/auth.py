@@ -101,6 +101,8 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     "GetRun": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
     # A `run` principal may only cancel its own runs; the core checks whose it is.
     "Cancel": frozenset({Role.RUN, Role.ADMIN}),
+    "ListGuards": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
+    "ConfigureGuard": frozenset({Role.ADMIN}),
 }
 """Each RunGuardService method and the roles any one of which allows it."""
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from runguard.server.core import GuardPolicy
+from runguard.server.core import CAPACITY_MAX, GuardPolicy, GuardSettings
 
 __all__ = ["DEFAULT_GUARD", "GUARD_PATTERN", "ServerConfig", "is_loopback"]
 
@@ -93,6 +93,13 @@ class ServerConfig:
         max_request_bytes: the largest request message the server reads
             (``grpc.max_receive_message_length``); a larger one is refused
             RESOURCE_EXHAUSTED before it is parsed.
+        max_guards: guards the store may hold at once; a Begin or
+            ConfigureGuard that would store one more is RESOURCE_EXHAUSTED.
+
+    ``default_capacity``, ``dedup_window``, ``max_queue`` and ``capacities``
+    seed the store: the first server on a store writes them, and from then on
+    the store's settings are what every server enforces (a server told
+    otherwise logs a ``policy_mismatch`` warning and follows the store).
     """
 
     listen: str = "127.0.0.1:50051"
@@ -122,6 +129,7 @@ class ServerConfig:
     insecure: bool = False
     max_watchers_per_principal: int = 1000
     max_request_bytes: int = 1024 * 1024
+    max_guards: int = 100_000
 
     def __post_init__(self) -> None:
         for name in ("listen", "metrics_listen"):
@@ -131,13 +139,15 @@ class ServerConfig:
             host, sep, port = address.rpartition(":")
             if not sep or not host or not port.isdigit() or int(port) > 65535:
                 raise ValueError(f"{name} must be host:port, got {address!r}")
-        if self.default_capacity < 1:
-            raise ValueError(f"default_capacity must be at least 1, got {self.default_capacity}")
+        if not 1 <= self.default_capacity <= CAPACITY_MAX:
+            raise ValueError(
+                f"default_capacity must be 1 to {CAPACITY_MAX}, got {self.default_capacity}"
+            )
         for guard, capacity in self.capacities.items():
             if not GUARD_PATTERN.fullmatch(guard):
                 raise ValueError(f"capacities: {guard!r} is not a valid guard name")
-            if capacity < 1:
-                raise ValueError(f"capacities: {guard} must be at least 1, got {capacity}")
+            if not 1 <= capacity <= CAPACITY_MAX:
+                raise ValueError(f"capacities: {guard} must be 1 to {CAPACITY_MAX}, got {capacity}")
         object.__setattr__(self, "capacities", MappingProxyType(dict(self.capacities)))
         _not_negative("dedup_window", self.dedup_window)
         for name in (
@@ -153,7 +163,7 @@ class ServerConfig:
         _not_negative("max_connection_age_grace", self.max_connection_age_grace)
         if self.max_connection_age is not None:
             _positive("max_connection_age", self.max_connection_age)
-        for name in ("history", "watch_buffer", "max_pending_requests"):
+        for name in ("history", "watch_buffer", "max_pending_requests", "max_guards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0:
@@ -197,8 +207,17 @@ class ServerConfig:
         """Whether callers must prove who they are (client certificates or bearer tokens)."""
         return self.tls_client_ca is not None or self.auth_tokens is not None
 
+    @property
+    def default_settings(self) -> GuardSettings:
+        """The guard defaults this server proposes to the store."""
+        return GuardSettings(
+            capacity=self.default_capacity,
+            dedup_window=self.dedup_window,
+            max_queue=self.max_queue,
+        )
+
     def policy(self, guard: str) -> GuardPolicy:
-        """The rules of one guard."""
+        """The rules of one guard as this server's flags say (the store may say otherwise)."""
         return GuardPolicy(
             capacity=self.capacities.get(guard, self.default_capacity),
             dedup_window=self.dedup_window,

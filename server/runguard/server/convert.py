@@ -20,6 +20,7 @@ from runguard.server.hub import Progress, Snapshot, WatchEvent
 from runguard.v1 import runguard_pb2 as pb
 
 __all__ = [
+    "SNAPSHOT_PART_BYTES",
     "begin_response",
     "cancel_response",
     "duration",
@@ -27,18 +28,24 @@ __all__ = [
     "run_message",
     "state_message",
     "timestamp",
+    "watch_messages",
     "watch_response",
 ]
+
+SNAPSHOT_PART_BYTES = 512 * 1024
+"""About how large one part of a Snapshot may grow before the next part starts."""
 
 _REJECTION = {
     RejectionReason.IN_FLIGHT: pb.REJECTION_REASON_IN_FLIGHT,
     RejectionReason.DUPLICATE: pb.REJECTION_REASON_DUPLICATE,
     RejectionReason.WAIT_TIMEOUT: pb.REJECTION_REASON_WAIT_TIMEOUT,
     RejectionReason.QUEUE_FULL: pb.REJECTION_REASON_QUEUE_FULL,
+    RejectionReason.NOT_HELD: pb.REJECTION_REASON_NOT_HELD,
 }
 _KIND = {
     ChangeKind.ACQUIRED: pb.CHANGE_KIND_ACQUIRED,
     ChangeKind.RELEASED: pb.CHANGE_KIND_RELEASED,
+    ChangeKind.CONFIGURED: pb.CHANGE_KIND_CONFIGURED,
     ChangeKind.PROGRESSED: pb.CHANGE_KIND_PROGRESSED,
     ChangeKind.CANCEL_REQUESTED: pb.CHANGE_KIND_CANCEL_REQUESTED,
 }
@@ -119,6 +126,9 @@ def state_message(view: GuardView) -> pb.GuardState:
         capacity=view.capacity,
         holders=[run_message(run) for run in view.holders],
         queue_length=view.queue_length,
+        dedup_window=duration(view.dedup_window),
+        max_queue=view.max_queue,
+        configured=view.configured,
     )
 
 
@@ -162,6 +172,34 @@ _CHANGE_MESSAGES_KEPT = 256
 """Messages of the latest changes, by the change's identity (see ``watch_response``)."""
 
 
+def watch_messages(event: WatchEvent, epoch: str) -> list[pb.WatchResponse]:
+    """The messages of one Watch event: a Snapshot of many guards comes in parts
+    (``more`` set on all but the last), every other event in one message."""
+    if not isinstance(event, Snapshot):
+        return [watch_response(event, epoch)]
+    parts: list[list[pb.GuardState]] = [[]]
+    size = 0
+    for view in event.guards:
+        state = state_message(view)
+        if parts[-1] and size + state.ByteSize() > SNAPSHOT_PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(state)
+        size += state.ByteSize()
+    return [
+        pb.WatchResponse(
+            epoch=epoch,
+            snapshot=pb.Snapshot(
+                revision=event.revision,
+                guards=states,
+                resynced=event.resynced and index == 0,
+                more=index < len(parts) - 1,
+            ),
+        )
+        for index, states in enumerate(parts)
+    ]
+
+
 def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
     """One message of a Watch stream.
 
@@ -184,11 +222,10 @@ def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
     if cached is not None and cached[0] is event and cached[1] == epoch:
         return cached[2]
     change = pb.Change(
-        revision=event.revision,
-        kind=_KIND[event.kind],
-        run=run_message(event.run),
-        state=state_message(event.state),
+        revision=event.revision, kind=_KIND[event.kind], state=state_message(event.state)
     )
+    if event.run is not None:
+        change.run.CopyFrom(run_message(event.run))
     if event.reason is not None:
         change.release_reason = _RELEASE[event.reason]
     message = pb.WatchResponse(epoch=epoch, change=change)

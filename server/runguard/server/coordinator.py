@@ -5,6 +5,12 @@ v, retry on conflict), Begins that wait in a queue, the timer that expires
 leases when they are due (not only on the next Begin), the feed task that
 hands every commit to the watch hub, and the log line of each outcome. It
 speaks core types only: no protobuf, no grpc.
+
+Guard settings are the store's: at start the server proposes its flags as the
+store-wide defaults and as the settings of the guards its flags name; what the
+store already holds wins, and a flag that says otherwise is logged as a
+``policy_mismatch`` warning. A transition that leaves a guard with nothing to
+keep reclaims it (the store deletes it), in a commit of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from runguard.server.core import (
     ChangeKind,
     EndResult,
     GuardDoc,
+    GuardPolicy,
+    GuardSettings,
     GuardView,
     Holder,
     Labels,
@@ -36,7 +44,13 @@ from runguard.server.core import (
     RunProgress,
     Transition,
 )
-from runguard.server.errors import RunGuardError, RunNotFound, StoreUnavailable, VersionConflict
+from runguard.server.errors import (
+    RunGuardError,
+    RunNotFound,
+    StoreUnavailable,
+    TooManyGuards,
+    VersionConflict,
+)
 from runguard.server.hub import Hub
 from runguard.server.metrics import Metrics
 from runguard.server.stores import Commit, FeedGap, Store
@@ -73,7 +87,9 @@ class Coordinator:
         self.config = config
         self.store = store
         self.metrics = metrics if metrics is not None else Metrics()
-        self.hub = Hub(config, store, self.metrics)
+        self.defaults: GuardPolicy = config.policy("")
+        """The policy of guards without settings of their own (the store's, once started)."""
+        self.hub = Hub(config, store, self.metrics, policy=lambda: self.defaults)
         self._clock = clock
         self._new_token = new_token
         self._acquired: dict[tuple[str, str], list[asyncio.Future[Holder]]] = {}
@@ -83,7 +99,8 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Follow the store's feed and expire leases on time."""
+        """Adopt the store's settings, follow its feed and expire leases on time."""
+        await self._adopt_settings()
         feed = self.store.subscribe()
         _, docs = await self.store.snapshot(None)
         for doc in docs:
@@ -103,6 +120,48 @@ class Coordinator:
                 await task
         self._tasks = []
 
+    async def _adopt_settings(self) -> None:
+        """Take the store's defaults, seed it with the flags' guards, warn where they differ."""
+        proposed = self.config.default_settings
+        stored = await self.store.defaults(proposed)
+        self.defaults = GuardPolicy(
+            capacity=stored.capacity,
+            dedup_window=stored.dedup_window,
+            max_ttl=self.config.max_ttl,
+            max_queue=stored.max_queue,
+        )
+        self._warn_mismatch("", stored, proposed, "the store-wide defaults")
+        for guard, capacity in sorted(self.config.capacities.items()):
+            wanted = GuardSettings(
+                capacity=capacity,
+                dedup_window=stored.dedup_window,
+                max_queue=stored.max_queue,
+            )
+            doc = (await self.store.read(guard)).doc
+            if doc.settings is None:
+                await self.configure(guard, wanted)
+            else:
+                self._warn_mismatch(guard, doc.settings, wanted, f"guard {guard!r}")
+
+    @staticmethod
+    def _warn_mismatch(guard: str, stored: GuardSettings, flags: GuardSettings, what: str) -> None:
+        for name in ("capacity", "dedup_window", "max_queue"):
+            have, told = getattr(stored, name), getattr(flags, name)
+            if have != told:
+                log.warning(
+                    "policy_mismatch",
+                    guard=guard or None,
+                    setting=name,
+                    stored=have,
+                    flag=told,
+                    detail=f"{what}: the store says {name}={have}, this server's flags say "
+                    f"{told}; the stored value is enforced (change it with runguard configure)",
+                )
+
+    def policy_of(self, doc: GuardDoc) -> GuardPolicy:
+        """The policy a guard is run by: its own settings, else the store's defaults."""
+        return core.policy_of(doc, self.defaults)
+
     # -- commands ----------------------------------------------------------
 
     async def _apply(
@@ -113,15 +172,24 @@ class Coordinator:
             transition = step(current.doc, self._clock())
             if not transition.dirty:
                 return transition, None
+            # A reclaim is a commit of its own, with no changes (etcd's delete
+            # carries no value): one that has changes writes the document, and
+            # the expiry timer reclaims it right after.
+            reclaim = transition.reclaim and not transition.changes
+            if current.version == 0:
+                if reclaim:
+                    return transition, None
+                if await self.store.guard_count() >= self.config.max_guards:
+                    raise TooManyGuards(guard, self.config.max_guards)
             try:
                 commit = await self.store.commit(
-                    guard, current.version, transition.doc, transition.changes
+                    guard, current.version, transition.doc, transition.changes, reclaim=reclaim
                 )
             except VersionConflict:
                 continue
             self._count(commit)
             for change in commit.changes:
-                if change.reason is ReleaseReason.EXPIRED:
+                if change.reason is ReleaseReason.EXPIRED and change.run is not None:
                     log.info(
                         "expired",
                         guard=guard,
@@ -137,7 +205,11 @@ class Coordinator:
         label = self.metrics.guard(commit.guard)
         now = self._clock()
         for change in commit.changes:
-            if change.kind is ChangeKind.RELEASED and change.reason is not None:
+            if (
+                change.kind is ChangeKind.RELEASED
+                and change.reason is not None
+                and change.run is not None
+            ):
                 self.metrics.hold_seconds.labels(label, change.reason.value).observe(
                     max(0.0, now - change.run.started_at)
                 )
@@ -154,12 +226,12 @@ class Coordinator:
         wait: float,
         labels: Labels,
         principal: str = "",
+        resume_only: bool = False,
     ) -> core.Granted | Rejection:
         """Ask for a slot; with ``wait`` > 0, queue until granted or the wait is over.
 
         ``principal`` is the authenticated caller ("" without auth): the run shows it.
         """
-        policy = self.config.policy(guard)
         command = BeginCommand(
             operation_id=operation_id,
             fingerprint=fingerprint,
@@ -169,12 +241,13 @@ class Coordinator:
             labels=labels,
             owner=self.store.replica,
             principal=principal,
+            resume_only=resume_only,
         )
         key = (guard, operation_id)
         arrival = self._watch_acquired(key)
         try:
             transition, _ = await self._apply(
-                guard, lambda doc, now: core.begin(doc, policy, command, now)
+                guard, lambda doc, now: core.begin(doc, self.defaults, command, now)
             )
             outcome = transition.outcome
             if isinstance(outcome, core.Queued):
@@ -207,7 +280,6 @@ class Coordinator:
     async def _wait(
         self, guard: str, queued: core.Queued, arrival: asyncio.Future[Holder]
     ) -> core.Granted | Rejection:
-        policy = self.config.policy(guard)
         key = (guard, queued.operation_id)
         waited = self.metrics.wait_seconds
         started = self._clock()
@@ -227,7 +299,7 @@ class Coordinator:
             transition, _ = await self._apply(
                 guard,
                 lambda doc, now: core.cancel_wait(
-                    doc, policy, queued.operation_id, queued.lease_token, now
+                    doc, self.defaults, queued.operation_id, queued.lease_token, now
                 ),
             )
             ended = "granted" if isinstance(transition.outcome, core.Granted) else "timeout"
@@ -244,12 +316,11 @@ class Coordinator:
             self._unwatch_acquired(key, arrival)
 
     async def _abandon(self, guard: str, queued: core.Queued) -> None:
-        policy = self.config.policy(guard)
         try:
             transition, _ = await self._apply(
                 guard,
                 lambda doc, now: core.cancel_wait(
-                    doc, policy, queued.operation_id, queued.lease_token, now
+                    doc, self.defaults, queued.operation_id, queued.lease_token, now
                 ),
             )
             if isinstance(transition.outcome, core.Granted):
@@ -280,12 +351,11 @@ class Coordinator:
 
         Returns what End did and the ended run, when the guard (still) keeps it.
         """
-        policy = self.config.policy(guard)
         transition, _ = await self._apply(
             guard,
             lambda doc, now: core.end(
                 doc,
-                policy,
+                self.defaults,
                 operation_id,
                 lease_token,
                 now,
@@ -307,13 +377,15 @@ class Coordinator:
             (
                 c.run
                 for c in transition.changes
-                if c.kind is ChangeKind.RELEASED and c.run.operation_id == operation_id
+                if c.kind is ChangeKind.RELEASED
+                and c.run is not None
+                and c.run.operation_id == operation_id
             ),
             None,
         )
         if ended is None and transition.outcome is EndResult.ALREADY_ENDED:
             try:
-                ended = core.find_run(transition.doc, policy, operation_id, self._clock())
+                ended = core.find_run(transition.doc, self.defaults, operation_id, self._clock())
             except RunNotFound:
                 ended = None
         return transition.outcome, ended
@@ -327,11 +399,10 @@ class Coordinator:
         progress: RunProgress | None = None,
     ) -> Run:
         """Extend a lease, and record the holder's progress when given."""
-        policy = self.config.policy(guard)
         transition, _ = await self._apply(
             guard,
             lambda doc, now: core.keep_alive(
-                doc, policy, operation_id, lease_token, now, ttl=ttl, progress=progress
+                doc, self.defaults, operation_id, lease_token, now, ttl=ttl, progress=progress
             ),
         )
         return transition.outcome
@@ -345,11 +416,10 @@ class Coordinator:
             NotPermitted: ``principal`` is neither ``admin`` nor the run's own.
             RunNotFound: the guard knows no such run.
         """
-        policy = self.config.policy(guard)
         transition, _ = await self._apply(
             guard,
             lambda doc, now: core.cancel(
-                doc, policy, operation_id, now, reason=reason, by=principal, admin=admin
+                doc, self.defaults, operation_id, now, reason=reason, by=principal, admin=admin
             ),
         )
         result, run = transition.outcome
@@ -370,18 +440,40 @@ class Coordinator:
             RunNotFound: the guard knows no such run.
         """
         transition, _ = await self._settle(guard)
-        policy = self.config.policy(guard)
-        return core.find_run(transition.doc, policy, operation_id, self._clock())
+        return core.find_run(transition.doc, self.defaults, operation_id, self._clock())
 
     async def current(self, guard: str) -> tuple[GuardView, int]:
         """The guard's state (settled first) and the revision it is as of."""
         transition, commit = await self._settle(guard)
         revision = commit.revision if commit is not None else self.store.revision
-        return core.view(transition.doc, self.config.policy(guard)), revision
+        return core.view(transition.doc, self.defaults), revision
+
+    async def configure(self, guard: str, settings: GuardSettings | None) -> tuple[GuardView, int]:
+        """Give a guard settings of its own (None: follow the defaults); every replica
+        and watcher sees them. Returns the guard's state and the revision it is as of."""
+        transition, commit = await self._apply(
+            guard, lambda doc, now: core.configure(doc, self.defaults, settings, now)
+        )
+        revision = commit.revision if commit is not None else self.store.revision
+        log.info(
+            "configured",
+            guard=guard,
+            capacity=transition.outcome.capacity,
+            dedup_window=transition.outcome.dedup_window,
+            max_queue=transition.outcome.max_queue,
+            own=settings is not None,
+            changed=commit is not None,
+        )
+        return transition.outcome, revision
+
+    async def list_guards(self, after: str, limit: int) -> tuple[list[GuardView], int]:
+        """Up to ``limit`` stored guards named after ``after``, in name order, as the
+        store has them (a lease already due shows until the guard is next settled)."""
+        revision, docs = await self.store.list_guards(after, limit)
+        return [core.view(doc, self.defaults) for doc in docs], revision
 
     async def _settle(self, guard: str) -> tuple[Transition[None], Commit | None]:
-        policy = self.config.policy(guard)
-        return await self._apply(guard, lambda doc, now: core.settle(doc, policy, now))
+        return await self._apply(guard, lambda doc, now: core.settle(doc, self.defaults, now))
 
     # -- waiting for a queued grant ----------------------------------------
 
@@ -405,7 +497,10 @@ class Coordinator:
                 await self._recover(commit)
                 continue
             try:
-                self._track(commit.doc)
+                if commit.reclaimed:
+                    self._deadlines.pop(commit.guard, None)
+                else:
+                    self._track(commit.doc)
                 self.metrics.queue_length.labels(self.metrics.guard(commit.guard)).set(
                     len(commit.doc.queue)
                 )
@@ -429,7 +524,7 @@ class Coordinator:
     def _hand_over(self, commit: Commit) -> None:
         """Tell the Begins waiting in this process that their queued call was granted."""
         for change in commit.changes:
-            if change.kind is not ChangeKind.ACQUIRED:
+            if change.kind is not ChangeKind.ACQUIRED or change.run is None:
                 continue
             futures = self._acquired.get((commit.guard, change.run.operation_id), [])
             holder = next(
@@ -445,7 +540,7 @@ class Coordinator:
                     future.set_result(holder)
 
     def _track(self, doc: GuardDoc) -> None:
-        deadline = core.next_deadline(doc)
+        deadline = core.next_deadline(doc, self.defaults)
         if deadline is None:
             self._deadlines.pop(doc.name, None)
             return

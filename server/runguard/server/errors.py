@@ -15,6 +15,7 @@ The servicer maps these to gRPC status codes through one table
     ├── Unauthenticated        UNAUTHENTICATED: no credentials, or ones the server does not know
     ├── NotPermitted           PERMISSION_DENIED: the principal lacks the role the call needs
     ├── TooManyWatchers        RESOURCE_EXHAUSTED: the principal has too many Watch streams open
+    ├── TooManyGuards          RESOURCE_EXHAUSTED: the store holds max_guards guards
     ├── ShuttingDown           UNAVAILABLE: the server is draining
     └── StoreError
         ├── StoreUnavailable   UNAVAILABLE: the store cannot be reached
@@ -37,6 +38,7 @@ __all__ = [
     "ShuttingDown",
     "StoreError",
     "StoreUnavailable",
+    "TooManyGuards",
     "TooManyWatchers",
     "Unauthenticated",
     "VersionConflict",
@@ -125,6 +127,18 @@ class TooManyWatchers(RunGuardError):
         super().__init__(
             f"principal {principal!r} already has {limit} Watch streams open, its limit; "
             "close one first"
+        )
+
+
+class TooManyGuards(RunGuardError):
+    """Storing one more guard would pass the server's ``max_guards``."""
+
+    def __init__(self, guard: str, limit: int) -> None:
+        self.guard = guard
+        self.limit = limit
+        super().__init__(
+            f"guard {guard!r} cannot be created: the store holds {limit} guards, the limit "
+            "(--max-guards); idle guards are reclaimed once their dedup window passes"
         )
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from runguard.server import core
 from runguard.server.config import ServerConfig
-from runguard.server.core import Change, GuardDoc, GuardView
+from runguard.server.core import Change, GuardDoc, GuardPolicy, GuardView
 from runguard.server.errors import ShuttingDown
 from runguard.server.metrics import Metrics
 from runguard.server.stores import Commit, Store
@@ -51,7 +51,7 @@ class _Watcher:
         self.overflowed = False
 
     def push(self, changes: Sequence[Change]) -> None:
-        wanted = [c for c in changes if self.guards is None or c.run.guard in self.guards]
+        wanted = [c for c in changes if self.guards is None or c.state.guard in self.guards]
         if not wanted:
             return
         if len(self.buffer) + len(wanted) > self.limit:
@@ -65,9 +65,19 @@ class _Watcher:
 class Hub:
     """Every open Watch stream, and the last revision handed to them."""
 
-    def __init__(self, config: ServerConfig, store: Store, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        metrics: Metrics | None = None,
+        *,
+        policy: Callable[[], GuardPolicy] | None = None,
+    ) -> None:
+        """``policy`` gives the policy of guards without settings of their own (the
+        store's defaults); without it, the flags' defaults."""
         self._config = config
         self._store = store
+        self._policy = policy if policy is not None else (lambda: config.policy(""))
         self._metrics = metrics if metrics is not None else Metrics()
         self._metrics.watchers.set_function(lambda: len(self._watchers))
         self._watchers: set[_Watcher] = set()
@@ -100,7 +110,7 @@ class Hub:
             watcher.wake.set()
 
     def _view(self, doc: GuardDoc) -> GuardView:
-        return core.view(doc, self._config.policy(doc.name))
+        return core.view(doc, self._policy())
 
     async def _snapshot(self, guards: Sequence[str] | None, *, resynced: bool) -> Snapshot:
         revision, docs = await self._store.snapshot(guards)
@@ -135,7 +145,7 @@ class Hub:
             else:
                 base = after_revision
                 for change in missed:
-                    if watcher.guards is None or change.run.guard in watcher.guards:
+                    if watcher.guards is None or change.state.guard in watcher.guards:
                         yield change
                     base = max(base, change.revision)
             while True:

@@ -8,6 +8,7 @@ from runguard.server.config import GUARD_PATTERN
 
 __all__ = [
     "CANCEL_REASON_MAX_CHARS",
+    "DEDUP_WINDOW_MAX",
     "EPOCH_MAX_CHARS",
     "GUARD_PATTERN",
     "IDEMPOTENCY_KEY_MAX_CHARS",
@@ -15,6 +16,9 @@ __all__ = [
     "LABEL_KEY_PATTERN",
     "LABEL_VALUE_MAX_CHARS",
     "LEASE_TOKEN_MAX_CHARS",
+    "LIST_PAGE_DEFAULT",
+    "LIST_PAGE_MAX",
+    "MAX_QUEUE_MAX",
     "OPERATION_ID_PATTERN",
     "PAYLOAD_MAX_BYTES",
     "PAYLOAD_MAX_DEPTH",
@@ -65,3 +69,14 @@ PROGRESS_MESSAGE_MAX_CHARS = 256
 
 CANCEL_REASON_MAX_CHARS = 256
 """A Cancel's reason: at most 256 characters, no control characters."""
+DEDUP_WINDOW_MAX = 30 * 24 * 3600.0
+"""ConfigureGuard's dedup_window: at most 30 days."""
+
+MAX_QUEUE_MAX = 100_000
+"""ConfigureGuard's max_queue: at most 100,000 callers queued per guard."""
+
+LIST_PAGE_DEFAULT = 100
+"""ListGuards' page size when the request names none."""
+
+LIST_PAGE_MAX = 1000
+"""ListGuards returns at most 1000 guards a page."""

@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from runguard.server import convert
 from runguard.server.auth import Role, audit, current_principal
 from runguard.server.coordinator import Coordinator
+from runguard.server.core import GuardSettings
 from runguard.server.errors import (
     FieldViolation,
     InvalidArgument,
@@ -44,12 +45,15 @@ from runguard.server.errors import (
 from runguard.server.status import status_of
 from runguard.server.validation import (
     WatchArgs,
+    page_token,
     parse_begin,
     parse_cancel,
+    parse_configure,
     parse_current,
     parse_end,
     parse_get_run,
     parse_keep_alive,
+    parse_list,
     parse_watch,
 )
 from runguard.v1 import runguard_pb2 as pb
@@ -181,6 +185,7 @@ class RunGuardServicer:
             wait=args.wait,
             labels=args.labels,
             principal=current_principal().name,
+            resume_only=args.resume_only,
         )
         return convert.begin_response(outcome)
 
@@ -256,6 +261,53 @@ class RunGuardServicer:
         )
 
     @_mapped
+    async def ConfigureGuard(
+        self, request: pb.ConfigureGuardRequest, context: Context
+    ) -> pb.ConfigureGuardResponse:
+        args = parse_configure(request)
+        settings: GuardSettings | None = None
+        if not args.reset:
+            current, _ = await self._coordinator.current(args.guard)
+            settings = GuardSettings(
+                capacity=current.capacity if args.capacity is None else args.capacity,
+                dedup_window=(
+                    current.dedup_window if args.dedup_window is None else args.dedup_window
+                ),
+                max_queue=current.max_queue if args.max_queue is None else args.max_queue,
+            )
+        view, revision = await self._coordinator.configure(args.guard, settings)
+        audit(
+            "ConfigureGuard",
+            request,
+            principal=current_principal(),
+            peer=context.peer(),
+            action="reset" if args.reset else "configure",
+            capacity=view.capacity,
+            dedup_window=view.dedup_window,
+            max_queue=view.max_queue,
+        )
+        return pb.ConfigureGuardResponse(
+            state=convert.state_message(view),
+            revision=revision,
+            epoch=self._coordinator.store.epoch,
+        )
+
+    @_mapped
+    async def ListGuards(
+        self, request: pb.ListGuardsRequest, context: Context
+    ) -> pb.ListGuardsResponse:
+        args = parse_list(request)
+        # One more than asked tells whether another page follows.
+        views, revision = await self._coordinator.list_guards(args.after, args.limit + 1)
+        page = views[: args.limit]
+        return pb.ListGuardsResponse(
+            guards=[convert.state_message(view) for view in page],
+            next_page_token=page_token(page[-1].guard) if len(views) > args.limit else "",
+            revision=revision,
+            epoch=self._coordinator.store.epoch,
+        )
+
+    @_mapped
     async def Watch(self, request: pb.WatchRequest, context: Context) -> None:
         args = parse_watch(request)
         with self._watch_slot(current_principal().name):
@@ -289,9 +341,9 @@ class RunGuardServicer:
         # the CancelledError itself propagates (swallowing it leaks).
         async with contextlib.aclosing(stream) as events:
             async for event in events:
-                message = convert.watch_response(event, epoch)
                 try:
-                    await context.write(message)
+                    for message in convert.watch_messages(event, epoch):
+                        await context.write(message)
                 except Exception:
                     # A write held by flow control fails (grpc's ExecuteBatchError)
                     # when a cancel, deadline or lost connection ends the call under

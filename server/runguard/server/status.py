@@ -19,6 +19,7 @@ from runguard.server.errors import (
     RunNotFound,
     ShuttingDown,
     StoreUnavailable,
+    TooManyGuards,
     TooManyWatchers,
     Unauthenticated,
 )
@@ -33,6 +34,7 @@ CODES: dict[type[RunGuardError], grpc.StatusCode] = {
     OperationConflict: grpc.StatusCode.ALREADY_EXISTS,
     RunNotFound: grpc.StatusCode.NOT_FOUND,
     TooManyWatchers: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooManyGuards: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,

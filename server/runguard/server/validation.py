@@ -7,17 +7,26 @@ names as in the proto; a map entry or list item as ``labels['color']``, ``guards
 
 from __future__ import annotations
 
+import base64
 import math
 import unicodedata
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, struct_pb2
 from runguard.server.config import DEFAULT_GUARD, ServerConfig
-from runguard.server.core import Labels, RunOutcome, RunProgress, canonical_json, fingerprint
+from runguard.server.core import (
+    CAPACITY_MAX,
+    Labels,
+    RunOutcome,
+    RunProgress,
+    canonical_json,
+    fingerprint,
+)
 from runguard.server.core.fingerprint import JSONValue, key_fingerprint
 from runguard.server.errors import FieldViolation, InvalidArgument
 from runguard.server.limits import (
     CANCEL_REASON_MAX_CHARS,
+    DEDUP_WINDOW_MAX,
     EPOCH_MAX_CHARS,
     GUARD_PATTERN,
     IDEMPOTENCY_KEY_MAX_CHARS,
@@ -25,6 +34,9 @@ from runguard.server.limits import (
     LABEL_VALUE_MAX_CHARS,
     LABELS_MAX,
     LEASE_TOKEN_MAX_CHARS,
+    LIST_PAGE_DEFAULT,
+    LIST_PAGE_MAX,
+    MAX_QUEUE_MAX,
     OPERATION_ID_PATTERN,
     PAYLOAD_MAX_BYTES,
     PAYLOAD_MAX_DEPTH,
@@ -38,16 +50,20 @@ from runguard.v1 import runguard_pb2 as pb
 __all__ = [
     "BeginArgs",
     "CancelArgs",
+    "ConfigureArgs",
     "EndArgs",
     "KeepAliveArgs",
+    "ListArgs",
     "RunArgs",
     "WatchArgs",
     "parse_begin",
     "parse_cancel",
+    "parse_configure",
     "parse_current",
     "parse_end",
     "parse_get_run",
     "parse_keep_alive",
+    "parse_list",
     "parse_watch",
 ]
 
@@ -190,6 +206,7 @@ class BeginArgs:
     ttl: float | None
     wait: float
     labels: Labels
+    resume_only: bool = False
 
 
 def parse_begin(request: pb.BeginRequest, config: ServerConfig) -> BeginArgs:
@@ -218,8 +235,10 @@ def parse_begin(request: pb.BeginRequest, config: ServerConfig) -> BeginArgs:
         else 0.0
     )
     labels = check.labels(dict(request.labels))
+    if request.resume_only and not request.operation_id:
+        check.bad("operation_id", "is required with resume_only (the run to pick up)")
     check.done()
-    return BeginArgs(guard, operation_id, digest, ttl, wait or 0.0, labels)
+    return BeginArgs(guard, operation_id, digest, ttl, wait or 0.0, labels, request.resume_only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,3 +363,74 @@ def parse_watch(request: pb.WatchRequest) -> WatchArgs:
     check.done()
     unique = tuple(dict.fromkeys(guards)) or None
     return WatchArgs(unique, request.after_revision, request.epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureArgs:
+    """A valid ConfigureGuard: the fields to change (None keeps), or ``reset``."""
+
+    guard: str
+    capacity: int | None
+    dedup_window: float | None
+    max_queue: int | None
+    reset: bool
+
+
+def parse_configure(request: pb.ConfigureGuardRequest) -> ConfigureArgs:
+    """Validate a ConfigureGuard. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    guard = check.guard("guard", request.guard)
+    capacity = request.capacity if request.HasField("capacity") else None
+    if capacity is not None and not 1 <= capacity <= CAPACITY_MAX:
+        check.bad("capacity", f"must be 1 to {CAPACITY_MAX}, got {capacity}")
+    window = (
+        check.duration(
+            "dedup_window", request.dedup_window, low=0, high=DEDUP_WINDOW_MAX, open_low=False
+        )
+        if request.HasField("dedup_window")
+        else None
+    )
+    max_queue = request.max_queue if request.HasField("max_queue") else None
+    if max_queue is not None and max_queue > MAX_QUEUE_MAX:
+        check.bad("max_queue", f"must be 0 to {MAX_QUEUE_MAX}, got {max_queue}")
+    changes = capacity is not None or request.HasField("dedup_window") or max_queue is not None
+    if request.reset and changes:
+        check.bad("reset", "cannot be combined with capacity, dedup_window or max_queue")
+    elif not request.reset and not changes:
+        check.bad("capacity", "set capacity, dedup_window or max_queue (or reset)")
+    check.done()
+    return ConfigureArgs(guard, capacity, window, max_queue, request.reset)
+
+
+@dataclass(frozen=True, slots=True)
+class ListArgs:
+    """A valid ListGuards: list guards named after ``after``, ``limit`` of them."""
+
+    after: str
+    limit: int
+
+
+def page_token(last_guard: str) -> str:
+    """The opaque token that continues a ListGuards after ``last_guard``."""
+    return base64.urlsafe_b64encode(f"after:{last_guard}".encode()).decode().rstrip("=")
+
+
+def parse_list(request: pb.ListGuardsRequest) -> ListArgs:
+    """Validate a ListGuards. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    limit = request.page_size or LIST_PAGE_DEFAULT
+    if not 1 <= limit <= LIST_PAGE_MAX:
+        check.bad("page_size", f"must be 0 (for {LIST_PAGE_DEFAULT}) to {LIST_PAGE_MAX}")
+    after = ""
+    if request.page_token:
+        token = request.page_token
+        try:
+            text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            text = ""
+        name = text.removeprefix("after:")
+        if not text.startswith("after:") or not GUARD_PATTERN.fullmatch(name):
+            check.bad("page_token", "is not a next_page_token of ListGuards")
+        after = name
+    check.done()
+    return ListArgs(after, limit)

@@ -57,7 +57,7 @@ def test_reports_within_the_interval_become_one_later_change_with_the_latest_val
     second = keep_alive(doc, SEED, "op-1", "tok-1", T0 + 1.5, progress=RunProgress(fraction=0.3))
     assert second.changes == ()
     assert second.doc.holders[0].run.progress == RunProgress(fraction=0.3, at=T0 + 1.5)
-    assert next_deadline(second.doc) == T0 + 1 + PROGRESS_INTERVAL
+    assert next_deadline(second.doc, SEED) == T0 + 1 + PROGRESS_INTERVAL
 
     assert settle(second.doc, SEED, T0 + 1.9).changes == ()
     shown = settle(second.doc, SEED, T0 + 2)
@@ -76,7 +76,9 @@ def test_progress_pending_when_the_run_ends_is_not_shown_after_it() -> None:
 
     (released,) = ended.changes
     assert released.run.progress == RunProgress(fraction=0.9, at=T0 + 1.5)
-    assert next_deadline(ended.doc) is None
+    # The only deadline left is the guard's reclaim once its dedup entry is over.
+    assert next_deadline(ended.doc, SEED) == T0 + SEED.dedup_window
+    assert settle(ended.doc, SEED, T0 + 2).changes == ()
 
 
 def test_the_ended_run_answers_a_duplicate_and_a_lookup_with_its_outcome() -> None:

@@ -132,7 +132,14 @@ def test_first_begin_is_granted_with_a_full_run() -> None:
         Change(
             kind=ChangeKind.ACQUIRED,
             run=grant.run,
-            state=GuardView(guard="g", capacity=1, holders=(grant.run,), queue_length=0),
+            state=GuardView(
+                guard="g",
+                capacity=1,
+                holders=(grant.run,),
+                queue_length=0,
+                dedup_window=5.0,
+                max_queue=1000,
+            ),
         ),
     )
     assert [h.run for h in t.doc.holders] == [grant.run]
@@ -260,7 +267,9 @@ def test_end_frees_the_slot() -> None:
         Change(
             kind=ChangeKind.RELEASED,
             run=ended(run, ReleaseReason.ENDED, T0 + 3),
-            state=GuardView(guard="g", capacity=1, holders=(), queue_length=0),
+            state=GuardView(
+                guard="g", capacity=1, holders=(), queue_length=0, dedup_window=5.0, max_queue=1000
+            ),
             reason=ReleaseReason.ENDED,
         ),
     )
@@ -369,7 +378,14 @@ def test_lease_expires_at_expires_at_and_not_before(at: float, expired: bool) ->
             Change(
                 kind=ChangeKind.RELEASED,
                 run=ended(run, ReleaseReason.EXPIRED, T0 + 10),
-                state=GuardView(guard="g", capacity=1, holders=(), queue_length=0),
+                state=GuardView(
+                    guard="g",
+                    capacity=1,
+                    holders=(),
+                    queue_length=0,
+                    dedup_window=5.0,
+                    max_queue=1000,
+                ),
                 reason=ReleaseReason.EXPIRED,
             ),
         )
@@ -583,13 +599,22 @@ def test_end_hands_the_slot_to_the_head_of_the_queue_in_the_same_transition() ->
         Change(
             kind=ChangeKind.RELEASED,
             run=ended(run1, ReleaseReason.ENDED, T0 + 4),
-            state=GuardView(guard="g", capacity=1, holders=(), queue_length=1),
+            state=GuardView(
+                guard="g", capacity=1, holders=(), queue_length=1, dedup_window=5.0, max_queue=1000
+            ),
             reason=ReleaseReason.ENDED,
         ),
         Change(
             kind=ChangeKind.ACQUIRED,
             run=run2,
-            state=GuardView(guard="g", capacity=1, holders=(run2,), queue_length=0),
+            state=GuardView(
+                guard="g",
+                capacity=1,
+                holders=(run2,),
+                queue_length=0,
+                dedup_window=5.0,
+                max_queue=1000,
+            ),
         ),
     )
     assert t.doc.queue == ()
@@ -872,7 +897,7 @@ def test_next_deadline_is_the_soonest_lease_or_wait(setup: str, expected: float 
     if setup == "lease-first":
         doc = begin(doc, SEED, cmd("b", "fp-b", wait=50), T0 + 1).doc
 
-    assert next_deadline(doc) == expected
+    assert next_deadline(doc, SEED) == expected
 
 
 def test_view_shows_runs_without_lease_tokens() -> None:
@@ -880,7 +905,9 @@ def test_view_shows_runs_without_lease_tokens() -> None:
     policy = GuardPolicy(capacity=2)
     doc, a = hold(new_doc(), policy, cmd("a", "fp-a"), T0)
 
-    assert view(doc, policy) == GuardView(guard="g", capacity=2, holders=(a,), queue_length=0)
+    assert view(doc, policy) == GuardView(
+        guard="g", capacity=2, holders=(a,), queue_length=0, dedup_window=5.0, max_queue=1000
+    )
 
 
 @pytest.mark.parametrize(

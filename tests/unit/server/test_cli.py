@@ -138,7 +138,7 @@ def test_malformed_guard_flag_exits_2(value: str, capsys: pytest.CaptureFixture[
 def test_invalid_config_from_flags_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     """A well-formed flag with a bad value returns 2 with the config's message, serving nothing."""
     assert main(["serve", "--guard", "x=0"]) == 2
-    assert "capacities: x must be at least 1" in capsys.readouterr().err
+    assert "capacities: x must be 1 to 65535" in capsys.readouterr().err
 
 
 def test_bad_environment_exits_2_naming_the_variable(

@@ -8,6 +8,7 @@ The config buffers 4 changes per watcher and sends Progress every 50 ms.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -50,6 +51,12 @@ class Feed:
         doc = (await self.store.read(guard)).doc
         command = BeginCommand(operation_id=op, fingerprint=f"fp-{op}", lease_token=f"tok-{op}")
         return await self._apply(guard, core.begin(doc, self.config.policy(guard), command, T0))
+
+    async def configure(self, guard: str, capacity: int) -> Commit:
+        """Give ``guard`` a capacity of its own, as ConfigureGuard does, and publish it."""
+        doc = (await self.store.read(guard)).doc
+        settings = dataclasses.replace(self.config.default_settings, capacity=capacity)
+        return await self._apply(guard, core.configure(doc, self.config.policy(""), settings, T0))
 
     async def end(self, guard: str, op: str) -> Commit:
         """End ``op``'s run in ``guard`` and publish it."""
@@ -107,6 +114,7 @@ async def test_stream_starts_with_a_snapshot_then_the_changes_of_its_guards(
     hub: Hub, feed: Feed, store: MemoryStore
 ) -> None:
     """A new stream sends the watched guards as of now, then each later change to them only."""
+    await feed.configure("wide", 3)
     await feed.begin("a", "a-1")
     async with aclosing(hub.stream(["a", "wide"])) as stream:
         snapshot = await next_snapshot(stream)

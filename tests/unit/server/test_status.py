@@ -17,6 +17,7 @@ from runguard.server.errors import (
     ShuttingDown,
     StoreError,
     StoreUnavailable,
+    TooManyGuards,
     TooManyWatchers,
     Unauthenticated,
     VersionConflict,
@@ -32,6 +33,7 @@ EXPECTED: list[tuple[RunGuardError, grpc.StatusCode]] = [
     (Unauthenticated("unknown bearer token"), grpc.StatusCode.UNAUTHENTICATED),
     (NotPermitted("Begin needs the role run or admin"), grpc.StatusCode.PERMISSION_DENIED),
     (TooManyWatchers("alice", 3), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TooManyGuards("g", 100_000), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ShuttingDown("server shutting down"), grpc.StatusCode.UNAVAILABLE),
     (StoreUnavailable("store down"), grpc.StatusCode.UNAVAILABLE),
 ]

@@ -9,6 +9,7 @@ operation_ids) comes in with the command, so the core is deterministic.
 from runguard.server.core.fingerprint import canonical_json, fingerprint
 from runguard.server.core.history import ChangeLog
 from runguard.server.core.model import (
+    CAPACITY_MAX,
     Accepted,
     BeginCommand,
     Cancellation,
@@ -19,6 +20,7 @@ from runguard.server.core.model import (
     EndResult,
     GuardDoc,
     GuardPolicy,
+    GuardSettings,
     GuardView,
     Holder,
     Labels,
@@ -39,16 +41,19 @@ from runguard.server.core.transitions import (
     begin,
     cancel,
     cancel_wait,
+    configure,
     end,
     find_run,
     keep_alive,
     next_deadline,
+    policy_of,
     settle,
     view,
     without_waiters_of,
 )
 
 __all__ = [
+    "CAPACITY_MAX",
     "PROGRESS_INTERVAL",
     "Accepted",
     "BeginCommand",
@@ -62,6 +67,7 @@ __all__ = [
     "Granted",
     "GuardDoc",
     "GuardPolicy",
+    "GuardSettings",
     "GuardView",
     "Holder",
     "Labels",
@@ -79,11 +85,13 @@ __all__ = [
     "cancel",
     "cancel_wait",
     "canonical_json",
+    "configure",
     "end",
     "find_run",
     "fingerprint",
     "keep_alive",
     "next_deadline",
+    "policy_of",
     "settle",
     "view",
     "without_waiters_of",

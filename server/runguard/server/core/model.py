@@ -8,6 +8,7 @@ since the Unix epoch as floats; the core never reads a clock.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,6 +23,8 @@ class ChangeKind(enum.Enum):
     """A Begin was granted, at once or from the queue."""
     RELEASED = "released"
     """A run left its slot; the change's ``reason`` says how."""
+    CONFIGURED = "configured"
+    """An operator changed the guard's settings (capacity, dedup window, queue limit)."""
     PROGRESSED = "progressed"
     """The holder reported progress (coalesced per run, see ``PROGRESS_INTERVAL``)."""
     CANCEL_REQUESTED = "cancel_requested"
@@ -50,6 +53,8 @@ class RejectionReason(enum.Enum):
     """The caller queued and no slot freed before its wait elapsed."""
     QUEUE_FULL = "queue_full"
     """The caller asked to wait but the queue is at its limit."""
+    NOT_HELD = "not_held"
+    """A resume-only Begin named an operation_id that holds no slot."""
 
 
 class EndResult(enum.Enum):
@@ -112,9 +117,35 @@ class Ending:
     """The result as JSON text ("" when none was given)."""
 
 
+CAPACITY_MAX = 65_535
+"""The most slots a guard may have (a commit grants at most this many runs, which
+keeps the fencing tokens of a reclaimed and re-created guard increasing)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardSettings:
+    """What operators set per guard, kept in the store so every replica enforces it.
+
+    A guard's own settings live in its document; a guard without them follows
+    the store-wide defaults (written once, by the first server on the store).
+    """
+
+    capacity: int = 1
+    dedup_window: float = 5.0
+    max_queue: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.capacity <= CAPACITY_MAX:
+            raise ValueError(f"capacity must be 1 to {CAPACITY_MAX}, got {self.capacity}")
+        if not (self.dedup_window >= 0 and math.isfinite(self.dedup_window)):
+            raise ValueError(f"dedup_window must be a finite number >= 0, got {self.dedup_window}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GuardPolicy:
-    """The rules of one guard, from the server's configuration."""
+    """The rules one guard is run by: its settings and the server's lease limit."""
 
     capacity: int = 1
     dedup_window: float = 5.0
@@ -130,6 +161,22 @@ class GuardPolicy:
             raise ValueError(f"max_ttl must be positive, got {self.max_ttl}")
         if self.max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
+
+    @property
+    def settings(self) -> GuardSettings:
+        """The part of the policy that is kept in the store."""
+        return GuardSettings(
+            capacity=self.capacity, dedup_window=self.dedup_window, max_queue=self.max_queue
+        )
+
+    def with_settings(self, settings: GuardSettings) -> GuardPolicy:
+        """This policy with ``settings`` in place of its own."""
+        return GuardPolicy(
+            capacity=settings.capacity,
+            dedup_window=settings.dedup_window,
+            max_ttl=self.max_ttl,
+            max_queue=settings.max_queue,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,6 +263,8 @@ class GuardDoc:
     """Dedup entries by fingerprint, oldest first (a new grant moves its entry last).
     Never mutated: a transition builds a new mapping."""
     tombstones: tuple[Tombstone, ...] = ()
+    settings: GuardSettings | None = None
+    """The guard's own settings (None: it follows the store-wide defaults)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +275,10 @@ class GuardView:
     capacity: int
     holders: tuple[Run, ...]
     queue_length: int
+    dedup_window: float = 0.0
+    max_queue: int = 0
+    configured: bool = False
+    """Whether the guard has settings of its own (else it follows the defaults)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -236,7 +289,8 @@ class Change:
     """
 
     kind: ChangeKind
-    run: Run
+    run: Run | None
+    """The run that acquired or released (None for CONFIGURED)."""
     state: GuardView
     reason: ReleaseReason | None = None
     revision: int = 0
@@ -270,3 +324,5 @@ class BeginCommand:
     """The replica the caller waits on if it queues (see ``Waiter.owner``)."""
     principal: str = ""
     """The authenticated caller ("" without auth); a replay by another principal conflicts."""
+    resume_only: bool = False
+    """Only give back a grant ``operation_id`` already holds; never grant or queue anew."""

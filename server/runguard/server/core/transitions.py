@@ -7,6 +7,14 @@ outcome, and the slot changes in the order they happened. Every command first
 whose wait is over leave the queue, and freed slots go to the queue in arrival
 order. A transition that raises changed nothing.
 
+``policy`` is the policy of a guard without settings of its own (the store-wide
+defaults and the server's lease limit); a document's own ``settings`` take its
+place (:func:`policy_of`).
+
+A guard with no holders, no queue, no dedup entry inside its window and no
+settings of its own is *reclaimed*: the transition that leaves it so says
+``reclaim`` and the store deletes it, so invented names leave no state behind.
+
 Invariants (property-tested): never more holders than capacity; fencing
 tokens strictly increase per guard; a queue only exists while the guard is
 full; a DUPLICATE only inside the dedup window.
@@ -30,6 +38,7 @@ from runguard.server.core.model import (
     EndResult,
     GuardDoc,
     GuardPolicy,
+    GuardSettings,
     GuardView,
     Holder,
     Rejection,
@@ -57,10 +66,12 @@ __all__ = [
     "begin",
     "cancel",
     "cancel_wait",
+    "configure",
     "end",
     "find_run",
     "keep_alive",
     "next_deadline",
+    "policy_of",
     "settle",
     "view",
     "without_waiters_of",
@@ -99,12 +110,22 @@ class Queued:
 
 @dataclass(frozen=True, slots=True)
 class Transition(Generic[T]):
-    """The result of a command: commit ``doc`` only when ``dirty``."""
+    """The result of a command: commit ``doc`` only when ``dirty``.
+
+    ``reclaim``: the guard is left with nothing to keep; the store deletes it
+    instead of writing ``doc`` (and a guard never written is not written).
+    """
 
     doc: GuardDoc
     outcome: T
     changes: tuple[Change, ...]
     dirty: bool
+    reclaim: bool = False
+
+
+def policy_of(doc: GuardDoc, policy: GuardPolicy) -> GuardPolicy:
+    """The policy ``doc`` is run by: its own settings when it has some, else ``policy``."""
+    return policy if doc.settings is None else policy.with_settings(doc.settings)
 
 
 class _Work:
@@ -112,7 +133,9 @@ class _Work:
 
     def __init__(self, doc: GuardDoc, policy: GuardPolicy) -> None:
         self.doc = doc
-        self.policy = policy
+        self.defaults = policy
+        self.settings = doc.settings
+        self.policy = policy_of(doc, policy)
         self.holders = list(doc.holders)
         self.queue = list(doc.queue)
         self.accepted: Mapping[str, Accepted] = doc.accepted
@@ -128,6 +151,9 @@ class _Work:
             capacity=self.policy.capacity,
             holders=tuple(h.run for h in self.holders),
             queue_length=len(self.queue),
+            dedup_window=self.policy.dedup_window,
+            max_queue=self.policy.max_queue,
+            configured=self.settings is not None,
         )
 
     def holder(self, operation_id: str) -> Holder | None:
@@ -262,11 +288,16 @@ class _Work:
         return found
 
     def finish(self, outcome: T, now: float) -> Transition[T]:
+        cutoff = now - self.policy.dedup_window
+        idle = not self.holders and not self.queue and self.settings is None
         if not self.dirty:
-            return Transition(doc=self.doc, outcome=outcome, changes=(), dirty=False)
+            stale = not any(a.accepted_at > cutoff for a in self.accepted.values())
+            if not (idle and stale and (self.accepted or self.doc.tombstones)):
+                return Transition(doc=self.doc, outcome=outcome, changes=(), dirty=False)
+            # Nothing left to keep but stale entries: the guard is reclaimed.
+            self.dirty = True
         # Dedup entries are only dropped when the document is written anyway:
         # lookups ignore stale ones, so a rejection never costs a write.
-        cutoff = now - self.policy.dedup_window
         # Oldest first: drop from the front until an entry is still inside the
         # window (one out of order, from another replica's clock, waits its turn;
         # lookups ignore it meanwhile).
@@ -282,8 +313,15 @@ class _Work:
             accepted=self.accepted,
             tombstones=tuple(self.tombstones),
             next_fencing=self.next_fencing,
+            settings=self.settings,
         )
-        return Transition(doc=doc, outcome=outcome, changes=tuple(self.changes), dirty=True)
+        return Transition(
+            doc=doc,
+            outcome=outcome,
+            changes=tuple(self.changes),
+            dirty=True,
+            reclaim=idle and not self.accepted,
+        )
 
 
 def view(doc: GuardDoc, policy: GuardPolicy) -> GuardView:
@@ -303,12 +341,16 @@ def begin(
 ) -> Transition[Granted | Queued | Rejection]:
     """Ask for a slot: the seed's order of checks, then the queue.
 
+    A ``resume_only`` command only gets back the grant its operation_id holds
+    (rejected NOT_HELD otherwise): it never grants, queues or joins a window.
+
     Raises:
         OperationConflict: ``cmd.operation_id`` names a live or queued run of
             this guard with another fingerprint, or of another principal (a
             replay hands out the lease token, so only its own principal gets it).
     """
     work = _Work(doc, policy)
+    policy = work.policy  # the guard's own settings, where it has some
     work.settle(now)
     held = work.holder(cmd.operation_id)
     if held is not None:
@@ -317,6 +359,15 @@ def begin(
         if held.run.principal != cmd.principal:
             raise OperationConflict(doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
         return work.finish(Granted(held.run, held.lease_token, replayed=True), now)
+    if cmd.resume_only:
+        return work.finish(
+            Rejection(
+                reason=RejectionReason.NOT_HELD,
+                message=f"operation_id={cmd.operation_id} holds no slot of guard {doc.name!r}",
+                holders=tuple(h.run for h in work.holders),
+            ),
+            now,
+        )
     queued = work.waiter(cmd.operation_id)
     if queued is not None:
         if queued.fingerprint != cmd.fingerprint:
@@ -569,7 +620,8 @@ def find_run(doc: GuardDoc, policy: GuardPolicy, operation_id: str, now: float) 
     held = next((h for h in doc.holders if h.run.operation_id == operation_id), None)
     if held is not None:
         return held.run
-    known = _known_end(doc.accepted, doc.tombstones, operation_id, now - policy.dedup_window)
+    window = policy_of(doc, policy).dedup_window
+    known = _known_end(doc.accepted, doc.tombstones, operation_id, now - window)
     if isinstance(known, Run):
         return known
     raise RunNotFound(doc.name, operation_id, _gone(known, now))
@@ -623,9 +675,37 @@ def without_waiters_of(doc: GuardDoc, owners: Collection[str]) -> GuardDoc:
     return dataclasses.replace(doc, queue=tuple(w for w in doc.queue if w.owner not in owners))
 
 
-def next_deadline(doc: GuardDoc) -> float | None:
+def configure(
+    doc: GuardDoc, policy: GuardPolicy, settings: GuardSettings | None, now: float
+) -> Transition[GuardView]:
+    """Give the guard settings of its own (None: follow the defaults again).
+
+    A higher capacity grants queued callers at once; a lower one never evicts a
+    holder (the guard stays full until enough runs leave). The change is a
+    CONFIGURED change, so watchers see the new settings; the same settings
+    again change nothing.
+    """
+    work = _Work(doc, policy)
+    work.settle(now)
+    if settings != work.settings:
+        work.settings = settings
+        work.policy = policy if settings is None else policy.with_settings(settings)
+        work.dirty = True
+        work.changes.append(Change(kind=ChangeKind.CONFIGURED, run=None, state=work.view()))
+        work.promote(now)
+    return work.finish(work.view(), now)
+
+
+def next_deadline(doc: GuardDoc, policy: GuardPolicy) -> float | None:
     """When the guard next needs settling on its own: a lease or a wait running out,
-    or progress to show to watchers."""
+    progress to show to watchers, or, for a guard with nothing else to keep, its last
+    dedup entry leaving the window."""
     times = [h.run.expires_at for h in doc.holders] + [w.deadline for w in doc.queue]
     times += [h.progress_due for h in doc.holders if h.progress_due is not None]
+    if not times and doc.settings is None:
+        if doc.accepted:
+            window = policy_of(doc, policy).dedup_window
+            return max(a.accepted_at for a in doc.accepted.values()) + window
+        if doc.tombstones:  # only how runs left is kept: reclaim at once
+            return doc.tombstones[-1].at
     return min(times, default=None)

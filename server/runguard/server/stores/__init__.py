@@ -99,7 +99,7 @@ def _etcd(url: str, history: int) -> Store:
     return EtcdStore(
         endpoints,
         parts.path.strip("/") or "runguard",
-        fencing_floor=_clock_floor(),
+        fencing_floor=0,  # etcd's revisions seed the tokens (see FENCING_BASE)
         history=history,
         timeout=timeout,
         presence_ttl=presence_ttl,

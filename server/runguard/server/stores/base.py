@@ -13,9 +13,18 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from runguard.server.core import Change, GuardDoc
+from runguard.server.core import Change, GuardDoc, GuardSettings, without_waiters_of
 
-__all__ = ["Commit", "FeedGap", "Store", "Versioned"]
+__all__ = ["Commit", "FeedGap", "Store", "Versioned", "only_waiters_of"]
+
+
+def only_waiters_of(doc: GuardDoc, replica: str) -> GuardDoc:
+    """``doc`` without the waiters of any other server than ``replica``.
+
+    For a store one server process uses at a time: a waiter queued by another
+    incarnation (before a restart) has no caller left to hand a grant to.
+    """
+    return without_waiters_of(doc, {w.owner for w in doc.queue} - {replica})
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +37,17 @@ class Versioned:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """One committed swap: the guard's new document and the changes it made."""
+    """One committed swap: the guard's new document and the changes it made.
+
+    ``reclaimed``: the guard was deleted (it had nothing left to keep); ``doc``
+    is what it was left as, with no holders and no queue.
+    """
 
     revision: int
     guard: str
     doc: GuardDoc
     changes: tuple[Change, ...]
+    reclaimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,30 +77,43 @@ class Store(abc.ABC):
         """The revision of the newest commit (0 before the first)."""
 
     @property
+    @abc.abstractmethod
     def replica(self) -> str:
-        """This server's id among the replicas sharing the store ("" when only one serves it).
+        """This server's id: its incarnation on a single-process store, its replica id on
+        a shared one; unique per process start.
 
-        Queued callers are recorded under it (``Waiter.owner``), so a store
-        shared by replicas can drop the waiters of a replica that died
-        instead of promoting them into a slot nobody would hold.
+        Queued callers are recorded under it (``Waiter.owner``), so the waiters
+        of a server that died or restarted, whose calls are gone with it, are
+        dropped instead of promoted into a slot nobody would hold.
         """
-        return ""
 
     @abc.abstractmethod
     async def read(self, guard: str) -> Versioned:
         """The guard's current document, or a new one at version 0.
 
-        Waiters of a replica known to be gone are left out (see ``replica``).
+        Waiters of a server known to be gone (another incarnation of this
+        process, a replica whose presence ran out) are left out (see ``replica``).
 
         A new document's ``next_fencing`` is above every fencing token the
-        store has handed out for that guard, also across restarts.
+        store has handed out for that guard name, also across reclaiming and
+        restarts.
         """
 
     @abc.abstractmethod
     async def commit(
-        self, guard: str, version: int, doc: GuardDoc, changes: Sequence[Change]
+        self,
+        guard: str,
+        version: int,
+        doc: GuardDoc,
+        changes: Sequence[Change],
+        *,
+        reclaim: bool = False,
     ) -> Commit:
         """Swap in ``doc`` if the guard is still at ``version``, atomically.
+
+        With ``reclaim`` the guard is deleted instead (``doc`` has nothing left
+        to keep); a later ``read`` gives a new document whose fencing tokens
+        stay above ``doc``'s.
 
         Returns the commit, whose changes carry its revision. The commit is
         delivered to every open ``subscribe`` iterator in revision order.
@@ -98,9 +125,28 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
-        """The named guards (every written guard when None) as of one revision.
+        """The named guards (every stored guard when None, by name) as of one revision.
 
-        Named guards never written come back as new documents.
+        Named guards not stored come back as new documents. Reading every
+        guard is done in pages, so no single read of the backend is unbounded.
+        """
+
+    @abc.abstractmethod
+    async def list_guards(self, after: str, limit: int) -> tuple[int, list[GuardDoc]]:
+        """Up to ``limit`` stored guards whose names sort after ``after``, by name,
+        and the revision they are as of."""
+
+    @abc.abstractmethod
+    async def guard_count(self) -> int:
+        """How many guards the store holds now."""
+
+    @abc.abstractmethod
+    async def defaults(self, proposed: GuardSettings) -> GuardSettings:
+        """The store-wide settings of guards without their own.
+
+        The first server on a store writes ``proposed``; after that the stored
+        settings are returned unchanged, whatever is proposed, so every server
+        on the store runs by the same numbers.
         """
 
     @abc.abstractmethod

@@ -25,6 +25,7 @@ from runguard.server.core import (
     ChangeKind,
     Ending,
     GuardDoc,
+    GuardSettings,
     GuardView,
     Holder,
     Labels,
@@ -43,9 +44,11 @@ __all__ = [
     "decode_change",
     "decode_doc",
     "decode_record",
+    "decode_settings",
     "encode_change",
     "encode_doc",
     "encode_record",
+    "encode_settings",
 ]
 
 FORMAT = 1
@@ -103,8 +106,25 @@ def _holder(holder: Holder) -> dict[str, Any]:
     return data
 
 
+def _settings(settings: GuardSettings) -> dict[str, Any]:
+    return {
+        "capacity": settings.capacity,
+        "dedup_window": settings.dedup_window,
+        "max_queue": settings.max_queue,
+    }
+
+
+def _from_settings(data: dict[str, Any]) -> GuardSettings:
+    return GuardSettings(
+        capacity=int(data["capacity"]),
+        dedup_window=float(data["dedup_window"]),
+        max_queue=int(data["max_queue"]),
+    )
+
+
 def _doc(doc: GuardDoc) -> dict[str, Any]:
     return {
+        "settings": None if doc.settings is None else _settings(doc.settings),
         "format": FORMAT,
         "name": doc.name,
         "next_fencing": doc.next_fencing,
@@ -134,12 +154,15 @@ def _change(change: Change) -> dict[str, Any]:
     state = change.state
     return {
         "kind": change.kind.value,
-        "run": _run(change.run),
+        "run": None if change.run is None else _run(change.run),
         "state": {
             "guard": state.guard,
             "capacity": state.capacity,
             "holders": [_run(run) for run in state.holders],
             "queue_length": state.queue_length,
+            "dedup_window": state.dedup_window,
+            "max_queue": state.max_queue,
+            "configured": state.configured,
         },
         "reason": None if change.reason is None else change.reason.value,
     }
@@ -231,6 +254,7 @@ def _from_doc(data: dict[str, Any]) -> GuardDoc:
             Tombstone(operation_id=t["op"], reason=ReleaseReason(t["reason"]), at=float(t["at"]))
             for t in data.get("tombstones", ())
         ),
+        settings=None if data.get("settings") is None else _from_settings(data["settings"]),
     )
 
 
@@ -239,12 +263,15 @@ def _from_change(data: dict[str, Any], revision: int) -> Change:
     reason = data.get("reason")
     return Change(
         kind=ChangeKind(data["kind"]),
-        run=_from_run(data["run"]),
+        run=None if data["run"] is None else _from_run(data["run"]),
         state=GuardView(
             guard=state["guard"],
             capacity=int(state["capacity"]),
             holders=tuple(_from_run(run) for run in state["holders"]),
             queue_length=int(state["queue_length"]),
+            dedup_window=float(state.get("dedup_window", 0.0)),
+            max_queue=int(state.get("max_queue", 0)),
+            configured=bool(state.get("configured", False)),
         ),
         reason=None if reason is None else ReleaseReason(reason),
         revision=revision,
@@ -280,6 +307,20 @@ def decode_doc(text: bytes | str) -> GuardDoc:
         CodecError: ``text`` is not such a document.
     """
     return _loads(text, _from_doc, "guard document")
+
+
+def encode_settings(settings: GuardSettings) -> bytes:
+    """Guard settings (the store-wide defaults) as compact UTF-8 JSON."""
+    return _dumps(_settings(settings))
+
+
+def decode_settings(text: bytes | str) -> GuardSettings:
+    """The settings ``encode_settings`` made.
+
+    Raises:
+        CodecError: ``text`` is not such settings.
+    """
+    return _loads(text, _from_settings, "guard settings")
 
 
 def encode_change(change: Change) -> bytes:

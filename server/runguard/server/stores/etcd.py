@@ -5,9 +5,22 @@ Layout under the key prefix (``runguard`` unless the URL names one):
 - ``<prefix>/g/<guard>``: one key per guard. Its value is a JSON record of the
   guard's document *and the changes of the commit that wrote it*, so etcd's
   watch on ``<prefix>/g/`` is our change feed and etcd's revision of each write
-  is our revision. The key's ``mod_revision`` is the document's version.
+  is our revision. The key's ``mod_revision`` is the document's version. A
+  reclaimed guard's key is deleted (such a commit carries no changes).
 - ``<prefix>/meta/epoch``: a random id created once; the store's epoch is the
   cluster id and this id (so two prefixes of one cluster never share one).
+- ``<prefix>/meta/defaults``: the store-wide guard settings, written once by the
+  first replica.
+
+Fencing: a guard written for the first time (or again after it was reclaimed)
+starts its tokens at ``FENCING_BASE + (r << 16)``, ``r`` the etcd revision its
+absence was read at. A guard's tokens grow by one per grant and a commit grants
+at most ``CAPACITY_MAX`` (65,535) runs, so every token of a name's earlier life
+is below that: fencing tokens increase per name forever, with no per-name state
+kept and no counter every replica would contend on.
+
+Every read of all guards is paged (``PAGE`` keys a Range) at one pinned
+revision, so no answer nears gRPC's message limit however many guards exist.
 - ``<prefix>/r/<replica>``: one presence key per running RunGuard replica,
   attached to an etcd lease the replica keeps alive.
 
@@ -35,7 +48,8 @@ History: ``changes_since`` replays from etcd's own history (a watch from a
 revision), bounded like the other stores by ``history`` changes, and gives
 None once etcd has compacted the revisions needed.
 
-Every client error leaves as ``StoreUnavailable`` (``raise ... from``).
+Every client error leaves as ``StoreUnavailable`` with a sentence for people
+(``raise ... from``), never the client library's repr.
 """
 
 from __future__ import annotations
@@ -60,12 +74,31 @@ from etcd3aio._protobuf import (
     TxnRequest,
 )
 from etcd3aio.kv import KVService, SortOrder, SortTarget
-from runguard.server.core import Change, ChangeKind, GuardDoc, without_waiters_of
+from runguard.server.core import (
+    Change,
+    ChangeKind,
+    GuardDoc,
+    GuardSettings,
+    without_waiters_of,
+)
 from runguard.server.errors import StoreUnavailable, VersionConflict
 from runguard.server.stores.base import Commit, FeedGap, Store, Versioned
-from runguard.server.stores.codec import CodecError, decode_record, encode_record
+from runguard.server.stores.codec import (
+    CodecError,
+    decode_record,
+    decode_settings,
+    encode_record,
+    encode_settings,
+)
 
-__all__ = ["EtcdStore"]
+__all__ = ["FENCING_BASE", "PAGE", "EtcdStore", "describe_failure"]
+
+FENCING_BASE = 1 << 52
+"""Where fencing tokens of this store start: above the clock-seeded tokens (microseconds
+since 1970) that earlier versions handed out, until the year 2112."""
+
+PAGE = 500
+"""Keys per Range when reading many guards (a page of full records stays far below 4 MiB)."""
 
 log = structlog.get_logger("runguard")
 
@@ -73,6 +106,25 @@ _CLOSED = object()
 
 _FAILURES = (EtcdError, grpc.RpcError, TimeoutError, OSError)
 """What the client library raises when etcd cannot be reached or answer in time."""
+
+
+def describe_failure(error: BaseException, timeout: float) -> str:
+    """A sentence for people about a failed etcd call (never the library's repr)."""
+    if isinstance(error, TimeoutError):
+        return f"etcd did not answer in {timeout:g} s"
+    cause = error.__cause__ if isinstance(error, EtcdError) else error
+    if isinstance(cause, grpc.aio.AioRpcError):
+        code, details = cause.code(), cause.details() or ""
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"etcd did not answer in {timeout:g} s"
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return f"etcd cannot be reached ({details or 'no endpoint answered'})"
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return f"etcd refused the request as too large: {details}"
+        return f"etcd refused the request ({code.name}): {details}"
+    if isinstance(error, EtcdError | OSError):
+        return f"etcd cannot be reached: {error}"
+    return f"etcd failed: {type(error).__name__}"
 
 
 def _closing(watch: AsyncIterator[Any]) -> contextlib.aclosing[AsyncGenerator[Any, None]]:
@@ -93,7 +145,8 @@ class EtcdStore(Store):
         endpoints: ``host:port`` of the cluster's members; calls go to the
             live ones (round robin) and fail over when one dies.
         prefix: the key prefix every key of this store lives under.
-        fencing_floor: the first fencing token of a guard never written.
+        fencing_floor: the smallest first fencing token of a guard (see
+            ``FENCING_BASE``; tokens start above both).
         history: changes ``changes_since`` replays at most (whole commits).
         timeout: seconds one etcd call may take.
         presence_ttl: seconds of the lease behind this replica's presence key:
@@ -212,7 +265,7 @@ class EtcdStore(Store):
         try:
             await asyncio.shield(self._started)
         except _FAILURES as error:
-            raise StoreUnavailable(f"etcd: {error}") from error
+            raise StoreUnavailable(describe_failure(error, self._timeout)) from error
         assert self._client is not None
         assert self._client.kv is not None
         return self._client.kv
@@ -275,7 +328,7 @@ class EtcdStore(Store):
                         await lease_api.revoke(lease, timeout=1.0)
                 raise
             except _FAILURES as error:
-                log.warning("etcd_presence_failed", error=str(error))
+                log.warning("etcd_presence_failed", error=describe_failure(error, self._timeout))
                 await asyncio.sleep(0.5)
 
     async def _follow_presence(self) -> None:
@@ -310,7 +363,7 @@ class EtcdStore(Store):
                         if response.canceled:
                             break
             except _FAILURES as error:
-                log.warning("etcd_peers_failed", error=str(error))
+                log.warning("etcd_peers_failed", error=describe_failure(error, self._timeout))
                 await asyncio.sleep(0.5)
 
     async def _gone(self, owners: set[str]) -> set[str]:
@@ -338,17 +391,21 @@ class EtcdStore(Store):
         try:
             return await call
         except _FAILURES as error:
-            raise StoreUnavailable(f"etcd: {error}") from error
+            raise StoreUnavailable(describe_failure(error, self._timeout)) from error
 
-    def _new(self, guard: str) -> GuardDoc:
-        return GuardDoc(name=guard, next_fencing=self._fencing_floor)
+    def _new(self, guard: str, revision: int) -> GuardDoc:
+        """A guard not stored as of etcd ``revision`` (see the module's word on fencing)."""
+        return GuardDoc(
+            name=guard, next_fencing=max(self._fencing_floor, FENCING_BASE + (revision << 16))
+        )
 
     async def read(self, guard: str) -> Versioned:
         kv = await self._kv()
         found = await self._call(kv.get(self._key(guard), timeout=self._timeout))
         if not found.kvs:
-            self._read_cache[guard] = (0, self._new(guard))
-            return Versioned(self._new(guard), 0)
+            new = self._new(guard, found.header.revision)
+            self._read_cache[guard] = (0, new)
+            return Versioned(new, 0)
         item = found.kvs[0]
         self._see(item.mod_revision)
         doc = await self._visible(self._decode(item.value, item.mod_revision).doc)
@@ -362,8 +419,16 @@ class EtcdStore(Store):
             raise StoreUnavailable(f"etcd holds a bad guard record: {error}") from error
 
     async def commit(
-        self, guard: str, version: int, doc: GuardDoc, changes: Sequence[Change]
+        self,
+        guard: str,
+        version: int,
+        doc: GuardDoc,
+        changes: Sequence[Change],
+        *,
+        reclaim: bool = False,
     ) -> Commit:
+        if reclaim:
+            return await self._reclaim(guard, version, doc)
         kv = await self._kv()
         key = self._key(guard)
         commit_id = uuid.uuid4().hex
@@ -415,11 +480,37 @@ class EtcdStore(Store):
             changes=tuple(dataclasses.replace(c, revision=revision) for c in changes),
         )
 
+    async def _reclaim(self, guard: str, version: int, doc: GuardDoc) -> Commit:
+        """Delete a guard left with nothing to keep, if it is still at ``version``.
+
+        A lost answer is safe to leave unresolved: the delete either landed or
+        the guard is still there to be reclaimed by a later settle.
+        """
+        kv = await self._kv()
+        key = self._key(guard)
+        compare = Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=version)
+        try:
+            reply = await kv.txn(
+                [compare],
+                [KVService.txn_op_delete(key)],
+                [],
+                timeout=self._timeout,
+                max_attempts=1,
+            )
+        except _FAILURES as error:
+            raise StoreUnavailable(describe_failure(error, self._timeout)) from error
+        if not reply.succeeded:
+            raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
+        revision = int(reply.header.revision)
+        self._see(revision)
+        self._read_cache.pop(guard, None)
+        return Commit(revision=revision, guard=guard, doc=doc, changes=(), reclaimed=True)
+
     def _promoted_owners(self, guard: str, version: int, changes: Sequence[Change]) -> set[str]:
         cached = self._read_cache.get(guard)
         if cached is None or cached[0] != version:
             return set()
-        acquired = {c.run.operation_id for c in changes if c.kind is ChangeKind.ACQUIRED}
+        acquired = {c.run.operation_id for c in changes if c.kind is ChangeKind.ACQUIRED and c.run}
         return {w.owner for w in cached[1].queue if w.operation_id in acquired}
 
     async def _resolve(self, key: bytes, version: int, commit_id: str, error: BaseException) -> int:
@@ -435,7 +526,8 @@ class EtcdStore(Store):
             found = await kv.get(key, timeout=self._timeout)
         except _FAILURES as read_error:
             raise StoreUnavailable(
-                f"etcd: a write's outcome is unknown ({error}) and cannot be read ({read_error})"
+                f"a write's outcome is unknown ({describe_failure(error, self._timeout)}) and "
+                f"cannot be read back ({describe_failure(read_error, self._timeout)}); try again"
             ) from error
         if found.kvs:
             item = found.kvs[0]
@@ -445,33 +537,90 @@ class EtcdStore(Store):
                 raise VersionConflict("the guard moved on while a write's answer was lost")
         elif version != 0:
             raise VersionConflict("the guard is gone")
-        raise StoreUnavailable(f"etcd: a write's outcome is unknown, try again: {error}") from error
+        raise StoreUnavailable(
+            f"a write's outcome is unknown ({describe_failure(error, self._timeout)}); try again"
+        ) from error
 
     async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
         kv = await self._kv()
-        ops: list[RequestOp] = [RequestOp(request_range=self._newest_request())]
-        if guards is None:
-            ops.append(KVService.txn_op_get(self._guards, range_end=prefix_range_end(self._guards)))
-        else:
-            ops.extend(KVService.txn_op_get(self._key(name)) for name in guards)
-        reply = await self._call(kv.txn([], ops, timeout=self._timeout))
-        newest = reply.responses[0].response_range.kvs
+        # The first read pins the revision every page is read at; the snapshot
+        # says the newest guard write as of it (what a resume replays after).
+        first = await self._call(
+            kv.txn([], [RequestOp(request_range=self._newest_request())], timeout=self._timeout)
+        )
+        pinned = int(first.header.revision)
+        newest = first.responses[0].response_range.kvs
         revision = newest[0].mod_revision if newest else 0
         self._see(revision)
+        docs: list[GuardDoc] = []
         if guards is None:
-            items = list(reply.responses[1].response_range.kvs)
-            docs = [self._decode(i.value, i.mod_revision).doc for i in items]
-            docs.sort(key=lambda d: d.name)
-        else:
-            docs = []
-            for name, answer in zip(guards, reply.responses[1:], strict=True):
-                found = answer.response_range.kvs
-                docs.append(
-                    self._decode(found[0].value, found[0].mod_revision).doc
-                    if found
-                    else self._new(name)
+            cursor = self._guards
+            end = prefix_range_end(self._guards)
+            while True:
+                page = await self._call(
+                    kv.get(cursor, end, revision=pinned, limit=PAGE, timeout=self._timeout)
                 )
+                docs.extend(self._decode(i.value, i.mod_revision).doc for i in page.kvs)
+                if not page.more or not page.kvs:
+                    break
+                cursor = page.kvs[-1].key + b"\0"
+        else:
+            for start in range(0, len(guards), PAGE // 5):
+                names = guards[start : start + PAGE // 5]
+                reply = await self._call(
+                    kv.txn(
+                        [],
+                        [KVService.txn_op_get(self._key(n), revision=pinned) for n in names],
+                        timeout=self._timeout,
+                    )
+                )
+                for name, answer in zip(names, reply.responses, strict=True):
+                    found = answer.response_range.kvs
+                    docs.append(
+                        self._decode(found[0].value, found[0].mod_revision).doc
+                        if found
+                        else self._new(name, pinned)
+                    )
         return revision, [await self._visible(d) for d in docs]
+
+    async def list_guards(self, after: str, limit: int) -> tuple[int, list[GuardDoc]]:
+        kv = await self._kv()
+        start = self._key(after) + b"\0" if after else self._guards
+        page = await self._call(
+            kv.get(start, prefix_range_end(self._guards), limit=limit, timeout=self._timeout)
+        )
+        docs = [self._decode(i.value, i.mod_revision).doc for i in page.kvs]
+        return self._revision, [await self._visible(d) for d in docs]
+
+    async def guard_count(self) -> int:
+        kv = await self._kv()
+        found = await self._call(
+            kv.get(
+                self._guards,
+                prefix_range_end(self._guards),
+                count_only=True,
+                timeout=self._timeout,
+            )
+        )
+        return int(found.count)
+
+    async def defaults(self, proposed: GuardSettings) -> GuardSettings:
+        kv = await self._kv()
+        key = f"{self._prefix}/meta/defaults".encode()
+        reply = await self._call(
+            kv.txn(
+                [KVService.txn_compare_create_revision(key, 0)],
+                [KVService.txn_op_put(key, encode_settings(proposed))],
+                [KVService.txn_op_get(key)],
+                timeout=self._timeout,
+            )
+        )
+        if reply.succeeded:
+            return proposed
+        try:
+            return decode_settings(reply.responses[0].response_range.kvs[0].value)
+        except CodecError as error:
+            raise StoreUnavailable(f"etcd holds bad guard defaults: {error}") from error
 
     async def changes_since(self, after: int) -> list[Change] | None:
         kv = await self._kv()
@@ -479,7 +628,8 @@ class EtcdStore(Store):
             kv.txn([], [RequestOp(request_range=self._newest_request())], timeout=self._timeout)
         )
         found = newest.responses[0].response_range.kvs
-        target = found[0].mod_revision if found else 0
+        # The newest guard write, or a later delete (a reclaim) this replica has seen.
+        target = max(found[0].mod_revision if found else 0, self._revision)
         if after > target:
             return None
         if after == target:
@@ -497,10 +647,12 @@ class EtcdStore(Store):
                     if response.compact_revision > 0 or response.canceled:
                         return None  # etcd compacted the revisions needed
                     for event in response.events:
-                        if event.type != 0:
-                            continue
                         revision = event.kv.mod_revision
-                        changes = list(self._decode(event.kv.value, revision).changes)
+                        changes = (
+                            list(self._decode(event.kv.value, revision).changes)
+                            if event.type == 0
+                            else []  # a reclaimed guard's delete carries no changes
+                        )
                         if changes:
                             commits.append(changes)
                             total += len(changes)
@@ -510,8 +662,8 @@ class EtcdStore(Store):
                         if revision >= target:
                             return [c for commit in commits for c in commit]
         except _FAILURES as error:
-            raise StoreUnavailable(f"etcd: {error}") from error
-        raise StoreUnavailable("etcd: the history watch ended early")
+            raise StoreUnavailable(describe_failure(error, self._timeout)) from error
+        raise StoreUnavailable("etcd ended the history watch early; try again")
 
     # -- the feed -------------------------------------------------------------------
 
@@ -554,11 +706,13 @@ class EtcdStore(Store):
                             next_revision = response.compact_revision + 1
                             break
                         for event in response.events:
-                            if event.type == 0:  # PUT; guard keys are never deleted
+                            if event.type == 0:  # PUT
                                 await self._deliver(event.kv)
+                            else:  # DELETE: the guard was reclaimed
+                                self._deliver_reclaim(event.kv)
                             next_revision = event.kv.mod_revision + 1
             except _FAILURES as error:
-                log.warning("etcd_feed_failed", error=str(error))
+                log.warning("etcd_feed_failed", error=describe_failure(error, self._timeout))
                 await asyncio.sleep(0.5)
 
     async def _deliver(self, item: Any) -> None:
@@ -574,6 +728,21 @@ class EtcdStore(Store):
             return
         commit = Commit(
             revision=revision, guard=self._name(item.key), doc=doc, changes=record.changes
+        )
+        self._see(revision)
+        for subscriber in self._subscribers:
+            if revision > subscriber.after:
+                subscriber.queue.put_nowait(commit)
+
+    def _deliver_reclaim(self, item: Any) -> None:
+        revision = int(item.mod_revision)
+        guard = self._name(item.key)
+        commit = Commit(
+            revision=revision,
+            guard=guard,
+            doc=GuardDoc(name=guard, next_fencing=0),
+            changes=(),
+            reclaimed=True,
         )
         self._see(revision)
         for subscriber in self._subscribers:

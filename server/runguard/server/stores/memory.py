@@ -3,7 +3,9 @@
 Fencing tokens of a guard first written after a restart start from the clock
 (microseconds since the epoch at store start), so they stay above those of the
 previous process as long as it handed out fewer than a million a second on
-average. The epoch is random, so watchers of the old process resync.
+average. The epoch is random, so watchers of the old process resync. A guard
+reclaimed and written again starts above every token its name had: the store
+keeps one floor, raised to a reclaimed guard's next token.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
-from runguard.server.core import Change, ChangeLog, GuardDoc
+from runguard.server.core import Change, ChangeLog, GuardDoc, GuardSettings
 from runguard.server.errors import VersionConflict
-from runguard.server.stores.base import Commit, Store, Versioned
+from runguard.server.stores.base import Commit, Store, Versioned, only_waiters_of
 from runguard.server.stores.fanout import Fanout
 
 __all__ = ["MemoryStore"]
@@ -25,11 +27,13 @@ class MemoryStore(Store):
 
     def __init__(self, *, fencing_floor: int, history: int = 10_000) -> None:
         self._epoch = uuid.uuid4().hex
+        self._replica = uuid.uuid4().hex[:16]
         self._fencing_floor = fencing_floor
         self._docs: dict[str, Versioned] = {}
         self._revision = 0
         self._log = ChangeLog(history)
         self._feed = Fanout()
+        self._defaults: GuardSettings | None = None
 
     @property
     def epoch(self) -> str:
@@ -39,17 +43,27 @@ class MemoryStore(Store):
     def revision(self) -> int:
         return self._revision
 
+    @property
+    def replica(self) -> str:
+        return self._replica
+
     def _current(self, guard: str) -> Versioned:
         found = self._docs.get(guard)
         if found is None:
             return Versioned(GuardDoc(name=guard, next_fencing=self._fencing_floor), 0)
-        return found
+        return Versioned(only_waiters_of(found.doc, self._replica), found.version)
 
     async def read(self, guard: str) -> Versioned:
         return self._current(guard)
 
     async def commit(
-        self, guard: str, version: int, doc: GuardDoc, changes: Sequence[Change]
+        self,
+        guard: str,
+        version: int,
+        doc: GuardDoc,
+        changes: Sequence[Change],
+        *,
+        reclaim: bool = False,
     ) -> Commit:
         if self._current(guard).version != version:
             raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
@@ -59,8 +73,13 @@ class MemoryStore(Store):
             guard=guard,
             doc=doc,
             changes=tuple(dataclasses.replace(c, revision=self._revision) for c in changes),
+            reclaimed=reclaim,
         )
-        self._docs[guard] = Versioned(doc, version + 1)
+        if reclaim:
+            self._docs.pop(guard, None)
+            self._fencing_floor = max(self._fencing_floor, doc.next_fencing)
+        else:
+            self._docs[guard] = Versioned(doc, self._revision)
         self._log.append(commit.changes)
         self._feed.publish(commit)
         return commit
@@ -68,6 +87,18 @@ class MemoryStore(Store):
     async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
         names = sorted(self._docs) if guards is None else list(guards)
         return self._revision, [self._current(name).doc for name in names]
+
+    async def list_guards(self, after: str, limit: int) -> tuple[int, list[GuardDoc]]:
+        names = sorted(name for name in self._docs if name > after)[:limit]
+        return self._revision, [self._current(name).doc for name in names]
+
+    async def guard_count(self) -> int:
+        return len(self._docs)
+
+    async def defaults(self, proposed: GuardSettings) -> GuardSettings:
+        if self._defaults is None:
+            self._defaults = proposed
+        return self._defaults
 
     async def changes_since(self, after: int) -> list[Change] | None:
         if after > self._revision:

@@ -7,9 +7,17 @@ history watchers resume from. Leases are judged against the stored deadlines
 when the server comes back, so a lease that ran out while it was down expires
 at once, as of its own ``expires_at``.
 
-Layout: ``meta`` (epoch, revision, the history floor), ``guards`` (name,
-version, JSON document), ``changes`` (revision, position in its commit, JSON
-change). One commit is one SQLite transaction, so a crash leaves either all of
+Layout: ``meta`` (epoch, revision, the history floor, the fencing floor, the
+store-wide guard defaults), ``guards`` (name, version = the revision that last
+wrote it, JSON document), ``changes`` (revision, position in its commit, JSON
+change). A reclaimed guard's row is deleted and the fencing floor raised to
+its next token, so the name starts above its old tokens if it comes back.
+
+Waiters belong to the incarnation of the server that queued them (a random id
+per open): after a restart the old incarnation's callers are gone, so their
+waiters are left out of every read and never promoted.
+
+One commit is one SQLite transaction, so a crash leaves either all of
 a commit or none of it. ``synchronous=FULL`` by default: a commit is on disk
 before Begin answers, so a grant (and its fencing token) survives a power cut
 too, not only a crash of the process (``?synchronous=normal`` trades that for
@@ -37,15 +45,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from runguard.server.core import Change, GuardDoc
+from runguard.server.core import Change, GuardDoc, GuardSettings
 from runguard.server.errors import StoreUnavailable, VersionConflict
-from runguard.server.stores.base import Commit, Store, Versioned
+from runguard.server.stores.base import Commit, Store, Versioned, only_waiters_of
 from runguard.server.stores.codec import (
     CodecError,
     decode_change,
     decode_doc,
+    decode_settings,
     encode_change,
     encode_doc,
+    encode_settings,
 )
 from runguard.server.stores.fanout import Fanout
 
@@ -105,6 +115,7 @@ class SqliteStore(Store):
         self._synchronous = synchronous.upper()
         self._path = Path(path)
         self._fencing_floor = fencing_floor
+        self._replica = uuid.uuid4().hex[:16]
         self._history = history
         self._slack = max(1, history // 10)
         self._feed = Fanout()
@@ -112,9 +123,10 @@ class SqliteStore(Store):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runguard-sqlite")
         try:
             self._lock = self._take_lock()
-            self._db, self._epoch, self._revision, self._floor, self._kept = self._worker.submit(
-                self._open
-            ).result()
+            self._db, self._epoch, self._revision, self._floor, self._kept, fence = (
+                self._worker.submit(self._open).result()
+            )
+            self._fencing_floor = max(self._fencing_floor, fence)
             # The worker's own count: commits made there before the event
             # loop has run _publish for the previous ones still number on.
             self._committed = self._revision
@@ -139,7 +151,7 @@ class SqliteStore(Store):
             ) from error
         return fd
 
-    def _open(self) -> tuple[sqlite3.Connection, str, int, int, int]:
+    def _open(self) -> tuple[sqlite3.Connection, str, int, int, int, int]:
         try:
             db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
         except sqlite3.Error as error:
@@ -152,13 +164,21 @@ class SqliteStore(Store):
                 if statement.strip():
                     db.execute(statement)
             db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('epoch', ?), ('revision', '0'), ('floor', '0')",
+                "INSERT OR IGNORE INTO meta VALUES ('epoch', ?), ('revision', '0'), ('floor', '0'),"
+                " ('fence', '0')",
                 (uuid.uuid4().hex,),
             )
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             kept = db.execute("SELECT count(*) FROM changes").fetchone()[0]
             db.execute("COMMIT")
-            return db, meta["epoch"], int(meta["revision"]), int(meta["floor"]), int(kept)
+            return (
+                db,
+                meta["epoch"],
+                int(meta["revision"]),
+                int(meta["floor"]),
+                int(kept),
+                int(meta["fence"]),
+            )
         except (sqlite3.Error, KeyError, ValueError) as error:
             db.close()
             raise StoreUnavailable(f"{self._path} is not a RunGuard store: {error}") from error
@@ -188,8 +208,16 @@ class SqliteStore(Store):
     def revision(self) -> int:
         return self._revision
 
+    @property
+    def replica(self) -> str:
+        return self._replica
+
     def _new(self, guard: str) -> Versioned:
         return Versioned(GuardDoc(name=guard, next_fencing=self._fencing_floor), 0)
+
+    def _decode(self, text: str) -> GuardDoc:
+        """A stored document without the waiters of earlier incarnations (their calls died)."""
+        return only_waiters_of(decode_doc(text), self._replica)
 
     def _read(self, guard: str) -> Versioned:
         row = self._db.execute(
@@ -197,13 +225,19 @@ class SqliteStore(Store):
         ).fetchone()
         if row is None:
             return self._new(guard)
-        return Versioned(decode_doc(row[1]), int(row[0]))
+        return Versioned(self._decode(row[1]), int(row[0]))
 
     async def read(self, guard: str) -> Versioned:
         return await self._run(lambda: self._read(guard))
 
     async def commit(
-        self, guard: str, version: int, doc: GuardDoc, changes: Sequence[Change]
+        self,
+        guard: str,
+        version: int,
+        doc: GuardDoc,
+        changes: Sequence[Change],
+        *,
+        reclaim: bool = False,
     ) -> Commit:
         text = encode_doc(doc)
         encoded = [encode_change(c) for c in changes]
@@ -217,11 +251,19 @@ class SqliteStore(Store):
                 if (0 if row is None else int(row[0])) != version:
                     raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
                 revision = self._committed + 1
-                db.execute(
-                    "INSERT INTO guards VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                    "SET version = excluded.version, doc = excluded.doc",
-                    (guard, version + 1, text),
-                )
+                fence = self._fencing_floor
+                if reclaim:
+                    db.execute("DELETE FROM guards WHERE name = ?", (guard,))
+                    fence = max(fence, doc.next_fencing)
+                    db.execute("UPDATE meta SET value = ? WHERE key = 'fence'", (str(fence),))
+                else:
+                    # The version is the revision that wrote it, so a guard
+                    # reclaimed and written again never repeats an old version.
+                    db.execute(
+                        "INSERT INTO guards VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                        "SET version = excluded.version, doc = excluded.doc",
+                        (guard, revision, text),
+                    )
                 db.executemany(
                     "INSERT INTO changes VALUES (?, ?, ?)",
                     [(revision, i, c) for i, c in enumerate(encoded)],
@@ -236,11 +278,13 @@ class SqliteStore(Store):
                     db.execute("ROLLBACK")
                 raise
             self._kept, self._floor, self._committed = kept, floor, revision
+            self._fencing_floor = fence
             commit = Commit(
                 revision=revision,
                 guard=guard,
                 doc=doc,
                 changes=tuple(dataclasses.replace(c, revision=revision) for c in changes),
+                reclaimed=reclaim,
             )
             # Scheduled from this one thread in commit order, so subscribers
             # see revision order, and before commit() resumes.
@@ -282,13 +326,54 @@ class SqliteStore(Store):
                     db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
                 )
                 if guards is None:
-                    rows = db.execute("SELECT doc FROM guards ORDER BY name").fetchall()
-                    docs = [decode_doc(row[0]) for row in rows]
+                    rows = db.execute("SELECT doc FROM guards ORDER BY name")
+                    docs = [self._decode(row[0]) for row in rows]
                 else:
                     docs = [self._read(name).doc for name in guards]
             finally:
                 db.execute("COMMIT")
             return revision, docs
+
+        return await self._run(work)
+
+    async def list_guards(self, after: str, limit: int) -> tuple[int, list[GuardDoc]]:
+        def work() -> tuple[int, list[GuardDoc]]:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                revision = int(
+                    db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
+                )
+                rows = db.execute(
+                    "SELECT doc FROM guards WHERE name > ? ORDER BY name LIMIT ?", (after, limit)
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return revision, [self._decode(row[0]) for row in rows]
+
+        return await self._run(work)
+
+    async def guard_count(self) -> int:
+        return await self._run(
+            lambda: int(self._db.execute("SELECT count(*) FROM guards").fetchone()[0])
+        )
+
+    async def defaults(self, proposed: GuardSettings) -> GuardSettings:
+        def work() -> GuardSettings:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('defaults', ?)",
+                    (encode_settings(proposed).decode(),),
+                )
+                text = db.execute("SELECT value FROM meta WHERE key = 'defaults'").fetchone()[0]
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            return decode_settings(text)
 
         return await self._run(work)
 
