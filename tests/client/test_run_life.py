@@ -125,7 +125,7 @@ def test_progress_reported_inside_run_reaches_a_watcher(served: Callable[..., Se
                 slot.report_progress(step / 10, f"step {step} of 10")
             last = None
             for event in watch:
-                if isinstance(event, Change) and event.kind == "progressed":
+                if isinstance(event, Change) and event.kind == "progressed" and event.run:
                     last = event.run.progress
                     if last is not None and last.message == "step 10 of 10":
                         break

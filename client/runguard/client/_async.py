@@ -14,9 +14,11 @@ from runguard.client._shared import (
     DEFAULT_TARGET,
     Holding,
     RetryPolicy,
+    WaitingBegin,
     WatchCursor,
     begin_request,
     cancel_result,
+    configure_request,
     end_request,
     end_result,
     grant_or_raise,
@@ -138,9 +140,44 @@ class AsyncClient:
             wait=wait,
             labels=labels,
         )
-        timeout = None if self.timeout is None else self.timeout + (wait or 0)
-        reply, sent = await self._attempts("Begin", request, timeout)
-        return grant_or_raise(reply, retried=sent > 1)
+        if not wait:
+            reply, sent = await self._attempts("Begin", request, self.timeout)
+            return grant_or_raise(reply, retried=sent > 1)
+        plan = WaitingBegin(request, wait, self.timeout, self.retry, time.monotonic)
+        while True:
+            attempt, deadline = plan.next()
+            try:
+                reply = await self._stub.Begin(attempt, timeout=deadline, metadata=self.metadata)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                pause = plan.retry(code)
+                if pause is None:
+                    if plan.may_have_won(code):
+                        await self._give_back(plan)
+                    raise _error(error) from None
+                await asyncio.sleep(pause)
+                continue
+            return grant_or_raise(reply, retried=plan.attempt > 0)
+
+    async def _give_back(self, plan: WaitingBegin) -> None:
+        """End the run a Begin we gave up on may have been granted (best effort, once)."""
+        try:
+            reply = await self._stub.Begin(
+                plan.resume_request(), timeout=self.timeout or 5.0, metadata=self.metadata
+            )
+            if reply.WhichOneof("outcome") == "granted":
+                run = reply.granted.run
+                await self._stub.End(
+                    pb.EndRequest(
+                        guard=run.guard,
+                        operation_id=run.operation_id,
+                        lease_token=reply.granted.lease_token,
+                    ),
+                    timeout=self.timeout or 5.0,
+                    metadata=self.metadata,
+                )
+        except grpc.RpcError:
+            pass  # the server is still unreachable: the run's lease ends it
 
     async def end(
         self,
@@ -201,6 +238,39 @@ class AsyncClient:
             return run_from((await self._call("GetRun", request)).run)
         except LeaseLost as error:
             raise RunNotFound(error.message, guard=guard, operation_id=operation_id) from None
+
+    async def configure_guard(
+        self,
+        guard: str,
+        *,
+        capacity: int | None = None,
+        dedup_window: float | None = None,
+        max_queue: int | None = None,
+        reset: bool = False,
+    ) -> GuardState:
+        """Give a guard settings of its own (the role ``admin``); None keeps a setting,
+        ``reset`` makes the guard follow the store-wide defaults again.
+
+        Raises:
+            InvalidArgument: a setting is out of range (``violations`` names it).
+            PermissionDenied: the caller lacks the ``admin`` role.
+        """
+        request = configure_request(
+            guard, capacity=capacity, dedup_window=dedup_window, max_queue=max_queue, reset=reset
+        )
+        reply = await self._call("ConfigureGuard", request)
+        return guard_state(reply.state, reply.revision, reply.epoch)
+
+    async def list_guards(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[GuardState], str]:
+        """One page of the guards the store holds, by name, and the next page's token
+        ("" after the last page)."""
+        reply = await self._call(
+            "ListGuards", pb.ListGuardsRequest(page_size=page_size, page_token=page_token)
+        )
+        states = [guard_state(g, reply.revision, reply.epoch) for g in reply.guards]
+        return states, reply.next_page_token
 
     async def current(self, guard: str = "") -> GuardState:
         """A guard's holders, capacity and queue length."""

@@ -39,9 +39,11 @@ __all__ = [
     "DEFAULT_TARGET",
     "Holding",
     "RetryPolicy",
+    "WaitingBegin",
     "WatchCursor",
     "begin_request",
     "cancel_result",
+    "configure_request",
     "end_request",
     "end_result",
     "grant_or_raise",
@@ -60,6 +62,7 @@ _REASONS = {
     pb.REJECTION_REASON_DUPLICATE: "duplicate",
     pb.REJECTION_REASON_WAIT_TIMEOUT: "wait_timeout",
     pb.REJECTION_REASON_QUEUE_FULL: "queue_full",
+    pb.REJECTION_REASON_NOT_HELD: "not_held",
 }
 _RELEASES = {
     pb.RELEASE_REASON_ENDED: "ended",
@@ -188,6 +191,68 @@ def begin_request(
     return request
 
 
+class WaitingBegin:
+    """How a Begin that may queue (``wait`` > 0) is retried: while its wait lasts.
+
+    A server that restarts takes its queue's callers with it, so a waiting
+    Begin that meets UNAVAILABLE sends itself again, with the same
+    operation_id and what is left of its wait, until the wait is spent (and at
+    least ``policy.attempts`` times). It loses its place in the queue: the new
+    server has never seen it. When it gives up after an answer that may have
+    been a grant it never read, :meth:`resume_request` is the Begin that picks
+    up that grant (and nothing else), so the caller can End it instead of
+    leaving the slot held.
+    """
+
+    def __init__(
+        self,
+        request: pb.BeginRequest,
+        wait: float,
+        timeout: float | None,
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+    ) -> None:
+        self._request = request
+        self._timeout = timeout
+        self._policy = policy
+        self._clock = clock
+        self._deadline = clock() + wait
+        self.attempt = 0
+
+    def next(self) -> tuple[pb.BeginRequest, float | None]:
+        """The Begin to send now, with the wait left, and its deadline."""
+        left = max(0.0, self._deadline - self._clock())
+        if self.attempt == 0:  # the caller's own request, as it asked
+            wait = self._request.wait.ToTimedelta().total_seconds()
+            return self._request, None if self._timeout is None else self._timeout + wait
+        request = pb.BeginRequest()
+        request.CopyFrom(self._request)
+        request.wait.CopyFrom(_duration(left))
+        return request, None if self._timeout is None else self._timeout + left
+
+    def retry(self, code: grpc.StatusCode) -> float | None:
+        """Seconds to sleep before sending again, or None to give up."""
+        if not retryable(code):
+            return None
+        self.attempt += 1
+        if self.attempt >= self._policy.attempts and self._clock() >= self._deadline:
+            return None
+        return min(self._policy.delay(self.attempt - 1), max(0.05, self._deadline - self._clock()))
+
+    @staticmethod
+    def may_have_won(code: grpc.StatusCode) -> bool:
+        """Whether a Begin that failed so may have been granted without the caller hearing."""
+        return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def resume_request(self) -> pb.BeginRequest:
+        """The Begin that returns this operation's grant if it holds one, and does nothing else."""
+        request = pb.BeginRequest()
+        request.CopyFrom(self._request)
+        request.ClearField("wait")
+        request.resume_only = True
+        return request
+
+
 def run_from(message: pb.Run) -> Run:
     """A Run from its message."""
     progress = None
@@ -295,6 +360,9 @@ def guard_state(message: pb.GuardState, revision: int = 0, epoch: str = "") -> G
         capacity=message.capacity,
         holders=tuple(run_from(run) for run in message.holders),
         queue_length=message.queue_length,
+        dedup_window=message.dedup_window.ToTimedelta().total_seconds(),
+        max_queue=message.max_queue,
+        configured=message.configured,
         revision=revision,
         epoch=epoch,
     )
@@ -329,6 +397,25 @@ def grant_or_raise(response: pb.BeginResponse, *, retried: bool = False) -> Gran
     )
 
 
+def configure_request(
+    guard: str,
+    *,
+    capacity: int | None,
+    dedup_window: float | None,
+    max_queue: int | None,
+    reset: bool,
+) -> pb.ConfigureGuardRequest:
+    """A ConfigureGuard: the settings to change (None keeps one), or ``reset``."""
+    request = pb.ConfigureGuardRequest(guard=guard, reset=reset)
+    if capacity is not None:
+        request.capacity = capacity
+    if dedup_window is not None:
+        request.dedup_window.CopyFrom(_duration(dedup_window))
+    if max_queue is not None:
+        request.max_queue = max_queue
+    return request
+
+
 def end_result(response: pb.EndResponse) -> EndResult:
     """End's result."""
     return _END_RESULTS.get(response.result, EndResult.ALREADY_ENDED)
@@ -353,6 +440,8 @@ class WatchCursor:
         self._pending: int | None = None
         self._seen = 0
         self._skip = 0
+        self._parts: list[GuardState] = []
+        self._resynced = False
 
     def request(self, guards: Iterable[str]) -> pb.WatchRequest:
         """The Watch to send now (the first, or a resume)."""
@@ -361,27 +450,28 @@ class WatchCursor:
     def reconnecting(self) -> None:
         """The stream broke: the resume will replay the pending revision's changes."""
         self._skip = self._seen if self._pending is not None else 0
+        self._parts, self._resynced = [], False
 
     def accept(self, message: pb.WatchResponse) -> WatchEvent | None:
         """The event a message means, or None for a replayed change already delivered."""
         kind = message.WhichOneof("event")
         if kind == "snapshot":
+            part = message.snapshot
+            # A snapshot of many guards comes in parts; it is one event once whole.
+            self._parts.extend(guard_state(g, part.revision, message.epoch) for g in part.guards)
+            self._resynced = self._resynced or part.resynced
+            if part.more:
+                return None
             self.epoch = message.epoch
-            self.complete, self._pending, self._seen, self._skip = (
-                message.snapshot.revision,
-                None,
-                0,
-                0,
-            )
-            return Snapshot(
+            self.complete, self._pending, self._seen, self._skip = (part.revision, None, 0, 0)
+            snapshot = Snapshot(
                 epoch=message.epoch,
-                revision=message.snapshot.revision,
-                guards=tuple(
-                    guard_state(g, message.snapshot.revision, message.epoch)
-                    for g in message.snapshot.guards
-                ),
-                resynced=message.snapshot.resynced,
+                revision=part.revision,
+                guards=tuple(self._parts),
+                resynced=self._resynced,
             )
+            self._parts, self._resynced = [], False
+            return snapshot
         if kind == "progress":
             revision = message.progress.revision
             if self._pending is not None and revision >= self._pending:
@@ -405,7 +495,7 @@ class WatchCursor:
             epoch=message.epoch,
             revision=change.revision,
             kind=_KINDS.get(change.kind, "unknown"),
-            run=run_from(change.run),
+            run=run_from(change.run) if change.HasField("run") else None,
             state=guard_state(change.state, change.revision, message.epoch),
             reason=_RELEASES.get(change.release_reason),
         )
@@ -514,8 +604,9 @@ class Holding:
         """The run, if a watch event says this run was asked to stop."""
         mine = self.grant.run.fencing_token
         if isinstance(event, Change):
-            if event.kind == "cancel_requested" and event.run.fencing_token == mine:
-                return event.run
+            run = event.run
+            if event.kind == "cancel_requested" and run is not None and run.fencing_token == mine:
+                return run
             return None
         if isinstance(event, Snapshot):
             for state in event.guards:
@@ -566,7 +657,8 @@ class Holding:
         run = self.grant.run
         if isinstance(event, Change):
             same = (
-                event.run.operation_id == run.operation_id
+                event.run is not None
+                and event.run.operation_id == run.operation_id
                 and event.run.fencing_token == run.fencing_token
             )
             return event.reason if same and event.kind == "released" else None

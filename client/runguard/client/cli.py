@@ -1,5 +1,5 @@
-"""The client verbs of the ``runguard`` command: begin, end, keepalive, current, watch, run,
-cancel, get.
+"""The client verbs of the ``runguard`` command: begin, end, keepalive, current, configure,
+guards, watch, run, cancel, get.
 
 Exit codes: 0 done (granted, ended, ...); 75 refused (a rejected Begin, a lost
 lease: try again later); 1 a fault (bad request, wrong token, server
@@ -63,7 +63,18 @@ __all__ = [
 
 EXIT_FAULT = 1
 EXIT_REFUSED = 75  # EX_TEMPFAIL: refused for now, try again later
-VERBS = ("begin", "end", "keepalive", "current", "watch", "run", "cancel", "get")
+VERBS = (
+    "begin",
+    "end",
+    "keepalive",
+    "current",
+    "configure",
+    "guards",
+    "watch",
+    "run",
+    "cancel",
+    "get",
+)
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -155,6 +166,20 @@ def add_verbs(verbs: Any) -> None:
     current = verbs.add_parser("current", parents=[common], help="show a guard's holders")
     current.add_argument("guard", nargs="?", default="")
 
+    configure = verbs.add_parser(
+        "configure", parents=[common], help="change a guard's settings (role admin)"
+    )
+    configure.add_argument("guard")
+    configure.add_argument("--capacity", type=int, help="runs that may hold a slot at once")
+    configure.add_argument("--dedup-window", type=float, help="seconds a submission is remembered")
+    configure.add_argument("--max-queue", type=int, help="callers that may queue")
+    configure.add_argument(
+        "--reset", action="store_true", help="follow the store-wide defaults again"
+    )
+
+    guards = verbs.add_parser("guards", parents=[common], help="list the guards the store holds")
+    guards.add_argument("--page-size", type=int, default=0, help="guards per request (100)")
+
     watch = verbs.add_parser("watch", parents=[common], help="print slot changes as they happen")
     watch.add_argument("guards", nargs="*", help="guards to watch (every guard when none)")
 
@@ -230,6 +255,8 @@ def _event_text(event: WatchEvent) -> str:
         return "\n".join([head, *(_state_text(state) for state in event.guards)])
     if isinstance(event, Progress):
         return f"progress rev={event.revision}"
+    if event.run is None:
+        return f"rev={event.revision} {event.kind} {_state_text(event.state)}"
     how = f" ({event.reason})" if event.reason else ""
     return f"rev={event.revision} {event.kind}{how} {_run_text(event.run)}"
 
@@ -325,6 +352,33 @@ def _current(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure(client: Client, args: argparse.Namespace) -> int:
+    state = client.configure_guard(
+        args.guard,
+        capacity=args.capacity,
+        dedup_window=args.dedup_window,
+        max_queue=args.max_queue,
+        reset=args.reset,
+    )
+    own = "own settings" if state.configured else "store-wide defaults"
+    text = (
+        f"{state.guard}: capacity={state.capacity} dedup_window={state.dedup_window:g}s "
+        f"max_queue={state.max_queue} ({own})"
+    )
+    _emit(args.json, text, _plain(state))
+    return 0
+
+
+def _guards(client: Client, args: argparse.Namespace) -> int:
+    token = ""
+    while True:
+        states, token = client.list_guards(page_size=args.page_size, page_token=token)
+        for state in states:
+            _emit(args.json, _state_text(state), _plain(state))
+        if not token:
+            return 0
+
+
 def _watch(client: Client, args: argparse.Namespace) -> int:
     with client.watch(args.guards) as stream:
         for event in stream:
@@ -401,6 +455,8 @@ _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "end": _end,
     "keepalive": _keepalive,
     "current": _current,
+    "configure": _configure,
+    "guards": _guards,
     "watch": _watch,
     "run": _run,
     "cancel": _cancel,

@@ -113,6 +113,12 @@ class GuardState:
     capacity: int
     holders: tuple[Run, ...]
     queue_length: int
+    dedup_window: float = 0.0
+    """Seconds an accepted submission is remembered for dedup."""
+    max_queue: int = 0
+    """How many callers may queue."""
+    configured: bool = False
+    """Whether the guard has settings of its own (else the store-wide defaults)."""
     revision: int = 0
     epoch: str = ""
 
@@ -129,13 +135,14 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Change:
-    """One change: ``kind`` "acquired", "released" (then ``reason`` says how),
-    "progressed" (``run.progress`` is the latest report) or "cancel_requested"."""
+    """One change: ``kind`` "acquired" or "released" (then ``reason`` says how),
+    "progressed" (``run.progress`` is the latest report), "cancel_requested", or
+    "configured" (an operator changed the guard's settings; ``run`` is None)."""
 
     epoch: str
     revision: int
     kind: str
-    run: Run
+    run: Run | None
     state: GuardState
     reason: str | None = None
 

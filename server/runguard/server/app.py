@@ -199,6 +199,7 @@ class RunGuardServer:
                 await self._probe
         await self.health.enter_graceful_shutdown()
         self.coordinator.hub.close()
+        self.coordinator.drain()
         await self._server.stop(self.config.shutdown_grace if grace is None else grace)
         await self.coordinator.stop()
         await self.store.close()

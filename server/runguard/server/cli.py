@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-request-bytes", type=int, help="largest request message read (1048576)"
     )
+    serve.add_argument("--max-guards", type=int, help="guards the store may hold at once (100000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     health = verbs.add_parser("health", help="exit 0 if a server reports SERVING (for probes)")
     health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
@@ -165,6 +166,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
     pick("insecure", args.insecure, None, bool)
     pick("max_watchers_per_principal", args.max_watchers_per_principal)
     pick("max_request_bytes", args.max_request_bytes)
+    pick("max_guards", args.max_guards)
     values["capacities"] = dict(args.guard)
     return ServerConfig(**values)  # type: ignore[arg-type]  # keys are ServerConfig's fields
 

@@ -47,6 +47,7 @@ from runguard.server.core import (
 from runguard.server.errors import (
     RunGuardError,
     RunNotFound,
+    ShuttingDown,
     StoreUnavailable,
     TooManyGuards,
     VersionConflict,
@@ -64,6 +65,12 @@ CAS_ATTEMPTS = 64
 
 EXPIRY_RETRY = 1.0
 """Seconds before a failed expiry is tried again."""
+
+DRAINED = (
+    "server shutting down: the Begin left the queue; send it again "
+    "(to another replica, or here after the restart)"
+)
+"""What a queued Begin answers when the server drains."""
 
 log = structlog.get_logger("runguard")
 
@@ -97,6 +104,7 @@ class Coordinator:
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining = False
 
     async def start(self) -> None:
         """Adopt the store's settings, follow its feed and expire leases on time."""
@@ -109,6 +117,16 @@ class Coordinator:
             asyncio.create_task(self._follow(feed), name="runguard-feed"),
             asyncio.create_task(self._expire_loop(), name="runguard-expiry"),
         ]
+
+    def drain(self) -> None:
+        """The server is stopping: every queued Begin leaves the queue now and answers
+        UNAVAILABLE, so its caller sends it again elsewhere (another replica, or this
+        server once it is back) instead of waiting out the shutdown grace."""
+        self._draining = True
+        for futures in self._acquired.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(ShuttingDown(DRAINED))
 
     async def stop(self) -> None:
         """End every Watch stream and stop the background tasks."""
@@ -288,6 +306,8 @@ class Coordinator:
                 done, _ = await asyncio.wait({arrival}, timeout=remaining)
                 if not done:
                     break
+                if arrival.exception() is not None:  # draining: leave the queue now
+                    return await self._leave_draining(guard, queued)
                 holder = arrival.result()
                 if holder.lease_token == queued.lease_token:
                     waited.labels(self.metrics.guard(guard), "granted").observe(
@@ -314,6 +334,18 @@ class Coordinator:
             raise
         finally:
             self._unwatch_acquired(key, arrival)
+
+    async def _leave_draining(self, guard: str, queued: core.Queued) -> core.Granted:
+        """Leave the queue as the server drains: the grant if it came first, else UNAVAILABLE."""
+        transition, _ = await self._apply(
+            guard,
+            lambda doc, now: core.cancel_wait(
+                doc, self.defaults, queued.operation_id, queued.lease_token, now
+            ),
+        )
+        if isinstance(transition.outcome, core.Granted):
+            return transition.outcome
+        raise ShuttingDown(DRAINED)
 
     async def _abandon(self, guard: str, queued: core.Queued) -> None:
         try:
@@ -479,6 +511,8 @@ class Coordinator:
 
     def _watch_acquired(self, key: tuple[str, str]) -> asyncio.Future[Holder]:
         future: asyncio.Future[Holder] = asyncio.get_running_loop().create_future()
+        if self._draining:
+            future.set_exception(ShuttingDown(DRAINED))
         self._acquired.setdefault(key, []).append(future)
         return future
 
