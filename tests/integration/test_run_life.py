@@ -145,7 +145,8 @@ async def test_end_of_an_operation_id_never_held_is_unknown_not_already_ended(
 
 
 async def test_progress_shows_in_current_and_reaches_watchers_coalesced(running: Any) -> None:
-    """Fifty quick reports: Current shows the latest at once; watchers get at most about one
+    """Fifty quick reports: Current and ListGuards show the latest at once; watchers get at
+    most about one
     PROGRESSED change per second of reporting, and the last one carries the last report."""
     granted = (await running.stub.Begin(begin_request("op-1"))).granted
     stream = Stream(running.stub.Watch(pb.WatchRequest(guards=["generate"])))
@@ -157,6 +158,9 @@ async def test_progress_shows_in_current_and_reaches_watchers_coalesced(running:
     reporting = loop.time() - started
     current = await running.stub.Current(pb.CurrentRequest(guard="generate"))
     assert current.state.holders[0].progress.message == "step 50"
+    listed = await running.stub.ListGuards(pb.ListGuardsRequest())
+    [state] = [g for g in listed.guards if g.guard == "generate"]
+    assert state.holders[0].progress.fraction == 1.0
 
     def progressed() -> list[pb.Change]:
         return [
