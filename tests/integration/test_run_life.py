@@ -146,8 +146,8 @@ async def test_end_of_an_operation_id_never_held_is_unknown_not_already_ended(
 
 async def test_progress_shows_in_current_and_reaches_watchers_coalesced(running: Any) -> None:
     """Fifty quick reports: Current and ListGuards show the latest at once; watchers get at
-    most about one
-    PROGRESSED change per second of reporting, and the last one carries the last report."""
+    most about one PROGRESSED change per second of reporting, and the last one carries the
+    last report."""
     granted = (await running.stub.Begin(begin_request("op-1"))).granted
     stream = Stream(running.stub.Watch(pb.WatchRequest(guards=["generate"])))
     await stream.until(1)
