@@ -92,6 +92,7 @@ def test_the_ended_run_answers_a_duplicate_and_a_lookup_with_its_outcome() -> No
 
     assert isinstance(rejection, Rejection)
     assert rejection.reason is RejectionReason.DUPLICATE
+    assert "(operation_id=op-1, ended: succeeded)" in rejection.message
     assert rejection.duplicate_of is not None
     ending = rejection.duplicate_of.ending
     assert ending is not None

@@ -396,16 +396,17 @@ def begin(
     earlier = work.recent(cmd.fingerprint, now)
     if earlier is not None:
         age = now - earlier.accepted_at
+        first = _latest(work, earlier.run)
         return work.finish(
             Rejection(
                 reason=RejectionReason.DUPLICATE,
                 message=(
                     "duplicate request: an identical submission was accepted "
-                    f"{age:.1f}s ago (operation_id={earlier.run.operation_id}). Wait "
-                    "and try again if this was intentional."
+                    f"{age:.1f}s ago (operation_id={earlier.run.operation_id}, "
+                    f"{_state_words(first)}). Wait and try again if this was intentional."
                 ),
                 holders=holders,
-                duplicate_of=_latest(work, earlier.run),
+                duplicate_of=first,
                 retry_after=max(0.0, earlier.accepted_at + policy.dedup_window - now),
             ),
             now,
@@ -652,6 +653,16 @@ def _gone(stone: Run | Tombstone | None, now: float) -> str:
         f"it {stone.reason.value} {now - stone.at:.1f}s ago and is no longer kept "
         "(ended runs are kept as long as their dedup entry)"
     )
+
+
+def _state_words(run: Run) -> str:
+    """How a run stands, for people: "still running", "ended: succeeded", "expired"."""
+    ending = run.ending
+    if ending is None:
+        return "still running"
+    if ending.outcome is not None:
+        return f"ended: {ending.outcome.value}"
+    return "ended" if ending.reason is ReleaseReason.ENDED else ending.reason.value
 
 
 def _latest(work: _Work, run: Run) -> Run:
