@@ -76,6 +76,7 @@ async def test_a_duplicate_of_a_live_run_shows_it_running_with_its_progress(runn
     earlier = again.rejected.duplicate_of
     assert again.rejected.reason == pb.REJECTION_REASON_DUPLICATE
     assert earlier.state == pb.RUN_STATE_RUNNING
+    assert "(operation_id=op-1, still running)" in again.rejected.message
     assert earlier.progress.fraction == 0.25
     assert earlier.progress.message == "step 1 of 4"
     assert not earlier.HasField("ended_at")
