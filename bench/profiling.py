@@ -9,7 +9,7 @@ the frames with the most samples on top of the stack (self) and anywhere in
 it (inclusive).
 
 Sampling costs the server a little CPU: numbers from a profiled run are
-slightly low; the table in the README comes from a run without ``--profile``.
+slightly low; the table in docs/performance.md comes from a run without ``--profile``.
 """
 
 from __future__ import annotations

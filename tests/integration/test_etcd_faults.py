@@ -144,6 +144,10 @@ async def test_the_whole_store_down_is_unavailable_then_service_resumes(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await server.stub.Begin(begin_request("during", {"n": 2}, guard="job"), timeout=20)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    # A sentence for people, never the client library's repr.
+    said = caught.value.details() or ""
+    assert said.startswith(("etcd did not answer in", "etcd cannot be reached")), said
+    assert not any(junk in said for junk in ("<", "AioRpcError", "debug_error_string")), said
     health = health_pb2_grpc.HealthStub(server.channel)
     await _health_becomes(health, health_pb2.HealthCheckResponse.NOT_SERVING)
     for member in single.members:

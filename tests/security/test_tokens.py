@@ -108,6 +108,12 @@ ROLE_MATRIX = [
     ("admin", "Current", OK),
     ("admin", "Watch", OK),
     ("admin", "End force", OK),
+    ("runner", "ListGuards", OK),
+    ("watcher", "ListGuards", OK),
+    ("admin", "ListGuards", OK),
+    ("runner", "ConfigureGuard", DENIED),
+    ("watcher", "ConfigureGuard", DENIED),
+    ("admin", "ConfigureGuard", OK),
 ]
 
 
@@ -118,7 +124,8 @@ ROLE_MATRIX = [
 async def test_each_role_may_make_exactly_its_calls(
     as_: Callable[[str], Caller], who: str, action: str, code: grpc.StatusCode
 ) -> None:
-    """run: Begin, End, KeepAlive, Current, Watch; watch: Current, Watch; admin: all and force.
+    """run: Begin, End, KeepAlive, Current, Watch, ListGuards; watch: Current, Watch,
+    ListGuards; admin: all, force and ConfigureGuard.
 
     A refused call is PERMISSION_DENIED, even with the right lease token, and changes nothing.
     """
@@ -135,6 +142,10 @@ async def test_each_role_may_make_exactly_its_calls(
         call = caller("Current", pb.CurrentRequest(guard="generate"))
     elif action == "End force":
         call = caller("End", pb.EndRequest(guard="generate", operation_id="op-held", force=True))
+    elif action == "ListGuards":
+        call = caller("ListGuards", pb.ListGuardsRequest())
+    elif action == "ConfigureGuard":
+        call = caller("ConfigureGuard", pb.ConfigureGuardRequest(guard="generate", capacity=2))
     else:
         call = _first_watch_message(caller)
     assert await _code(call) == code

@@ -51,10 +51,10 @@ from runguard.v1 import runguard_pb2_grpc
 __all__ = ["AsyncClient", "AsyncWatch"]
 
 
-def _error(error: grpc.aio.AioRpcError) -> RunGuardError:
+def _error(error: grpc.aio.AioRpcError, *, tls: bool = False) -> RunGuardError:
     metadata: Any = error.trailing_metadata()  # grpc.aio.Metadata: (key, value) pairs
     trailers = [(key, value) for key, value in metadata or ()]
-    return error_from_status(error.code(), error.details(), trailers)
+    return error_from_status(error.code(), error.details(), trailers, tls=tls)
 
 
 class AsyncClient:
@@ -78,6 +78,7 @@ class AsyncClient:
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.retry = retry
+        self.tls = credentials is not None
         self._owned = channel is None
         if channel is None:
             channel = (
@@ -113,7 +114,7 @@ class AsyncClient:
                 return reply, attempt + 1
             except grpc.aio.AioRpcError as error:
                 if not retryable(error.code()) or attempt + 1 == self.retry.attempts:
-                    raise _error(error) from None
+                    raise _error(error, tls=self.tls) from None
             await asyncio.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -447,7 +448,7 @@ class AsyncWatch:
             ):
                 if error is None:
                     raise Unavailable("the Watch stream ended")
-                raise _error(error) from None
+                raise _error(error, tls=self._client.tls) from None
             self._call = None
             self.reconnects += 1
             self.cursor.reconnecting()

@@ -53,9 +53,9 @@ __all__ = ["Client", "Watch"]
 T = TypeVar("T")
 
 
-def _error(error: grpc.RpcError) -> RunGuardError:
+def _error(error: grpc.RpcError, *, tls: bool = False) -> RunGuardError:
     call: Any = error
-    return error_from_status(call.code(), call.details(), call.trailing_metadata())
+    return error_from_status(call.code(), call.details(), call.trailing_metadata(), tls=tls)
 
 
 class Client:
@@ -86,6 +86,7 @@ class Client:
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.retry = retry
+        self.tls = credentials is not None
         self._owned = channel is None
         if channel is None:
             channel = (
@@ -122,7 +123,7 @@ class Client:
             except grpc.RpcError as error:
                 code = error.code()
                 if not retryable(code) or attempt + 1 == self.retry.attempts:
-                    raise _error(error) from None
+                    raise _error(error, tls=self.tls) from None
             time.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -517,7 +518,7 @@ class Watch(Iterator[WatchEvent]):
             ):
                 if error is None:
                     raise Unavailable("the Watch stream ended")
-                raise _error(error) from None
+                raise _error(error, tls=self._client.tls) from None
             self._call = None
             self.reconnects += 1
             self.cursor.reconnecting()

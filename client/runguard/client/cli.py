@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,12 +58,14 @@ __all__ = [
     "VERBS",
     "add_connection_flags",
     "add_verbs",
+    "run_usage",
     "run_verb",
     "split_command",
 ]
 
 EXIT_FAULT = 1
 EXIT_REFUSED = 75  # EX_TEMPFAIL: refused for now, try again later
+EXIT_CLOSED_PIPE = 141  # what a shell shows for a command ended by SIGPIPE (128 + 13)
 VERBS = (
     "begin",
     "end",
@@ -201,6 +204,14 @@ def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:at], argv[at + 1 :]
 
 
+def run_usage(guard: str, extra: list[str]) -> str:
+    """The message for ``runguard run GUARD CMD`` without ``--``: where the command goes."""
+    return (
+        f"runguard run: put the command after --, as in: "
+        f"runguard run {shlex.quote(guard)} -- {shlex.join(extra)}\n"
+    )
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -267,7 +278,8 @@ def _event_json(event: WatchEvent) -> dict[str, Any]:
 
 
 def _refused(args: argparse.Namespace, error: RunGuardError) -> int:
-    data: dict[str, Any] = {"outcome": "refused", "message": error.message}
+    outcome = "rejected" if isinstance(error, RunRejected) else "lease_lost"
+    data: dict[str, Any] = {"outcome": outcome, "message": error.message}
     if isinstance(error, RunRejected):
         data.update(reason=error.reason, holders=_plain(error.holders))
         if error.retry_after is not None:
@@ -493,3 +505,6 @@ def run_verb(args: argparse.Namespace) -> int:
         return EXIT_FAULT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (| head): no traceback, nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE

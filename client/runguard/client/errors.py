@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+from runguard.client._hints import with_hint
 
 if TYPE_CHECKING:
     from runguard.client.models import Run
@@ -171,8 +172,14 @@ def error_from_status(
     code: grpc.StatusCode,
     details: str | None,
     trailers: Sequence[tuple[str, str | bytes]] | None = None,
+    *,
+    tls: bool = False,
 ) -> RunGuardError:
-    """The client error for a failed call's status code, message and trailing metadata."""
+    """The client error for a failed call's status code, message and trailing metadata.
+
+    ``tls`` says whether the channel used TLS: an UNAVAILABLE that looks like a TLS
+    mismatch gets a hint naming the setting to change.
+    """
     message = details or code.name
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(message, _violations(trailers))
@@ -185,5 +192,5 @@ def error_from_status(
     if code is grpc.StatusCode.ALREADY_EXISTS:
         return AlreadyExists(message)
     if code is grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(message)
+        return Unavailable(with_hint(message, tls=tls))
     return CallFailed(message, code)

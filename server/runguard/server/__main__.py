@@ -2,6 +2,6 @@
 
 import sys
 
-from runguard.server.cli import main
+from runguard.server.entry import main
 
 sys.exit(main())

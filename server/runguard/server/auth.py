@@ -43,6 +43,7 @@ This module decides and logs; the status codes come from the one table in
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import hashlib
@@ -51,7 +52,7 @@ import inspect
 import os
 import re
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ __all__ = [
     "Principal",
     "Role",
     "TokenTable",
+    "acting_as",
     "audit",
     "authorize",
     "current_principal",
@@ -128,6 +130,17 @@ _PRINCIPAL: contextvars.ContextVar[Principal] = contextvars.ContextVar(
 def current_principal() -> Principal:
     """The principal of the call being handled (set by the interceptor; anonymous without)."""
     return _PRINCIPAL.get()
+
+
+@contextlib.contextmanager
+def acting_as(principal: Principal) -> Iterator[None]:
+    """Handle the block's calls as ``principal``: how a front other than gRPC's
+    interceptor (the HTTP one) hands the caller to the handlers."""
+    token = _PRINCIPAL.set(principal)
+    try:
+        yield
+    finally:
+        _PRINCIPAL.reset(token)
 
 
 # -- the token file --------------------------------------------------------------------
@@ -273,6 +286,10 @@ class Authenticator:
         self._table = table
         log.info("auth_tokens_reloaded", path=self._path, tokens=len(table.tokens))
         return True
+
+    def roles_of(self, name: str) -> frozenset[Role]:
+        """The roles the current token file gives ``name`` (none without a file)."""
+        return frozenset() if self._table is None else self._table.roles.get(name, frozenset())
 
     def identify(self, metadata: Sequence[tuple[str, Any]], context: Any) -> Principal:
         """The principal a call comes from.

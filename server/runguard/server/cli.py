@@ -17,11 +17,20 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from runguard.client._connect import connect_options
-from runguard.client.cli import VERBS, add_connection_flags, add_verbs, run_verb, split_command
+from runguard.client._hints import with_hint
+from runguard.client.cli import (
+    VERBS,
+    add_connection_flags,
+    add_verbs,
+    run_usage,
+    run_verb,
+    split_command,
+)
 from runguard.server.app import RunGuardServer, configure_logging
 from runguard.server.config import ServerConfig
 from runguard.server.errors import StoreUnavailable
@@ -36,10 +45,18 @@ def _capacity(text: str) -> tuple[str, int]:
     return guard, int(number)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("runguard")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runguard", description="RunGuard: guards named run slots over gRPC."
     )
+    parser.add_argument("--version", action="version", version=f"runguard {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True)
     serve = verbs.add_parser("serve", help="run the RunGuard server")
     serve.add_argument("--listen", help="host:port (default 127.0.0.1:50051; port 0 picks one)")
@@ -72,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help="host:port to serve Prometheus /metrics on (off by default)"
     )
+    serve.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve Connect, gRPC-Web, SSE (/v1/events) and the status page (/) here (off)",
+    )
+    serve.add_argument(
+        "--http-cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="an exact origin (https://app.example.com) whose pages may call the HTTP front "
+        "(repeatable; none by default)",
+    )
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve TLS")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     serve.add_argument(
@@ -98,10 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-request-bytes", type=int, help="largest request message read (1048576)"
     )
-    serve.add_argument("--max-guards", type=int, help="guards the store may hold at once (100000)")
+    serve.add_argument("--max-guards", type=int, help="guards the store may hold at once (250000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     health = verbs.add_parser("health", help="exit 0 if a server reports SERVING (for probes)")
-    health.add_argument("--target", default="127.0.0.1:50051", help="host:port of the server")
+    health.add_argument(
+        "--target",
+        default=os.environ.get("RUNGUARD_TARGET") or "127.0.0.1:50051",
+        help="host:port of the server (RUNGUARD_TARGET, 127.0.0.1:50051)",
+    )
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
     add_connection_flags(health)
     add_verbs(verbs)
@@ -126,7 +160,8 @@ def _health(args: argparse.Namespace) -> int:
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as error:
-            print(f"runguard: {target}: {error.code().name}: {error.details()}", file=sys.stderr)
+            details = with_hint(error.details() or "", tls=credentials is not None)
+            print(f"runguard: {target}: {error.code().name}: {details}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
@@ -167,6 +202,9 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> ServerConf
     pick("max_watchers_per_principal", args.max_watchers_per_principal)
     pick("max_request_bytes", args.max_request_bytes)
     pick("max_guards", args.max_guards)
+    pick("http_listen", args.http_listen, None, str)
+    if args.http_cors_origin:
+        values["http_cors_origins"] = tuple(args.http_cors_origin)
     values["capacities"] = dict(args.guard)
     return ServerConfig(**values)  # type: ignore[arg-type]  # keys are ServerConfig's fields
 
@@ -193,7 +231,12 @@ async def _serve(config: ServerConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a ``runguard`` command; returns the exit code."""
     own, command = split_command(list(sys.argv[1:] if argv is None else argv))
-    args = _parser().parse_args(own)
+    parser = _parser()
+    args, extra = parser.parse_known_args(own)
+    if extra:
+        if args.verb == "run":
+            parser.exit(2, run_usage(args.guard, extra))
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.command = command
     if args.verb == "health":
         return _health(args)

@@ -44,6 +44,11 @@ def is_loopback(address: str) -> bool:
         return False  # a host name may resolve to anything
 
 
+ORIGIN_PATTERN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+"""An exact web origin: scheme, host and optional port; no path, no wildcard."""
+
 MIN_REQUEST_BYTES = 256 * 1024
 """The smallest ``max_request_bytes``: above the largest request the limits allow."""
 
@@ -95,6 +100,11 @@ class ServerConfig:
             RESOURCE_EXHAUSTED before it is parsed.
         max_guards: guards the store may hold at once; a Begin or
             ConfigureGuard that would store one more is RESOURCE_EXHAUSTED.
+        http_listen: host:port of the HTTP front (Connect, gRPC-Web, SSE at
+            ``/v1/events``, the status page at ``/``); None: off. It has the
+            gRPC port's TLS, tokens and refusals.
+        http_cors_origins: exact origins (``https://app.example.com``) whose
+            pages may call the HTTP front from another origin; none by default.
 
     ``default_capacity``, ``dedup_window``, ``max_queue`` and ``capacities``
     seed the store: the first server on a store writes them, and from then on
@@ -129,10 +139,12 @@ class ServerConfig:
     insecure: bool = False
     max_watchers_per_principal: int = 1000
     max_request_bytes: int = 1024 * 1024
-    max_guards: int = 100_000
+    max_guards: int = 250_000
+    http_listen: str | None = None
+    http_cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("listen", "metrics_listen"):
+        for name in ("listen", "metrics_listen", "http_listen"):
             address = getattr(self, name)
             if address is None:
                 continue
@@ -186,6 +198,7 @@ class ServerConfig:
                 "--tls-cert/--tls-key (and --tls-client-ca), or --auth-tokens, or --insecure "
                 "to serve a network you trust anyway"
             )
+        self._check_http()
         if self.max_watchers_per_principal < 1:
             raise ValueError(
                 "max_watchers_per_principal must be at least 1, "
@@ -195,6 +208,31 @@ class ServerConfig:
             raise ValueError(
                 f"max_request_bytes must be at least {MIN_REQUEST_BYTES} (the largest valid "
                 f"request fits), got {self.max_request_bytes}"
+            )
+
+    def _check_http(self) -> None:
+        object.__setattr__(self, "http_cors_origins", tuple(self.http_cors_origins))
+        for origin in self.http_cors_origins:
+            if not ORIGIN_PATTERN.fullmatch(origin):
+                raise ValueError(
+                    f"http_cors_origins: {origin!r} is not an exact origin "
+                    "(scheme://host[:port], no path, no wildcard)"
+                )
+        if self.http_listen is None:
+            if self.http_cors_origins:
+                raise ValueError("http_cors_origins needs http_listen")
+            return
+        if not (self.tls or self.auth_tokens or self.insecure or is_loopback(self.http_listen)):
+            raise ValueError(
+                f"http_listen: refusing to serve {self.http_listen} without TLS or auth tokens: "
+                "anybody who can reach it could take, end and force-end every run. Give "
+                "--tls-cert/--tls-key, or --auth-tokens, or --insecure to serve a network you "
+                "trust anyway"
+            )
+        if self.tls_client_ca is not None and self.auth_tokens is None:
+            raise ValueError(
+                "http_listen: the HTTP front cannot tell principals by client certificate; "
+                "give --auth-tokens too (HTTP callers send 'Authorization: Bearer TOKEN')"
             )
 
     @property
@@ -226,7 +264,7 @@ class ServerConfig:
         )
 
     def grpc_options(self) -> list[tuple[str, int]]:
-        """The grpc server options these settings mean (see the README's table)."""
+        """The grpc server options these settings mean (see docs/configuration.md)."""
         options = [
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)),

@@ -1,4 +1,4 @@
-"""The documented limits of every request field (the README's table lists them)."""
+"""The documented limits of every request field (docs/configuration.md lists them)."""
 
 from __future__ import annotations
 

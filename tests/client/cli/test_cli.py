@@ -358,3 +358,38 @@ def test_run_without_a_command_is_a_usage_error(
     assert result.returncode == 2
     assert "give the command after --" in result.stderr
     assert holders(client, guard) == []
+
+
+def test_configure_changes_a_guard_every_client_then_sees(
+    cli: Cli, client: Client, guard: str
+) -> None:
+    """configure sets a guard's capacity and window; Current shows them; --reset undoes it."""
+    done = cli("configure", guard, "--capacity", "3", "--dedup-window", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"{guard}: capacity=3 dedup_window=0s max_queue=1000 (own settings)"
+    )
+    state = client.current(guard)
+    assert (state.capacity, state.dedup_window, state.configured) == (3, 0.0, True)
+    reset = cli("configure", guard, "--reset", "--json")
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(reset.stdout)["configured"] is False
+
+
+def test_configure_with_a_bad_value_names_the_field_and_exits_1(cli: Cli, guard: str) -> None:
+    """configure --capacity 0 is refused naming capacity, exit 1 (a fault), no traceback."""
+    done = cli("configure", guard, "--capacity", "0")
+    assert done.returncode == 1
+    assert "capacity: must be 1 to 65535" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_guards_lists_every_stored_guard_across_pages(cli: Cli, client: Client, guard: str) -> None:
+    """guards prints every guard the store holds, following the pages to the end."""
+    names = [f"{guard}-{i}" for i in range(5)]
+    for name in names:
+        client.configure_guard(name, capacity=2)
+    done = cli("guards", "--page-size", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    listed = [json.loads(line)["guard"] for line in done.stdout.splitlines()]
+    assert [n for n in listed if n.startswith(guard)] == names

@@ -71,7 +71,7 @@ def test_same_submission_within_the_window_is_duplicate_after_the_run_ended(
     rejected = _reject("op-2", {"n": 1.0, "prompt": "cats"})
     assert rejected.reason == "duplicate"
     assert rejected.operation_id is None
-    assert "duplicate" in rejected.message.lower()
+    assert "an identical submission was accepted" in rejected.message
     assert run_guard.current_run() is None
 
 

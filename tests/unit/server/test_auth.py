@@ -110,24 +110,30 @@ def test_a_hash_inside_a_token_is_not_a_comment() -> None:
     assert table.find("abc#def0123456789xyz") == Principal("p", frozenset({Role.RUN}), "token")
 
 
+METHODS = ("Begin", "End", "KeepAlive", "Current", "Watch", "ListGuards", "ConfigureGuard")
+"""Every method of the service."""
+
+
 @pytest.mark.parametrize(
     ("roles", "method", "allowed"),
     [
-        pytest.param({Role.RUN}, method, True, id=f"run-{method}")
-        for method in ("Begin", "End", "KeepAlive", "Current", "Watch")
+        pytest.param({Role.RUN}, method, method != "ConfigureGuard", id=f"run-{method}")
+        for method in METHODS
     ]
     + [
-        pytest.param({Role.WATCH}, method, method in ("Current", "Watch"), id=f"watch-{method}")
-        for method in ("Begin", "End", "KeepAlive", "Current", "Watch")
+        pytest.param(
+            {Role.WATCH},
+            method,
+            method in ("Current", "Watch", "ListGuards"),
+            id=f"watch-{method}",
+        )
+        for method in METHODS
     ]
-    + [
-        pytest.param({Role.ADMIN}, method, True, id=f"admin-{method}")
-        for method in ("Begin", "End", "KeepAlive", "Current", "Watch")
-    ]
+    + [pytest.param({Role.ADMIN}, method, True, id=f"admin-{method}") for method in METHODS]
     + [pytest.param(set(), "Current", False, id="no-role")],
 )
 def test_roles_allow_their_methods(roles: set[Role], method: str, allowed: bool) -> None:
-    """run: Begin, End, KeepAlive, Current, Watch; watch: Current, Watch; admin: everything."""
+    """run: all but ConfigureGuard; watch: Current, Watch, ListGuards; admin: everything."""
     principal = Principal("p", frozenset(roles), "token")
     if allowed:
         authorize(principal, method, object())

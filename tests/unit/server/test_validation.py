@@ -440,7 +440,7 @@ def test_watch_without_guards_watches_every_guard() -> None:
 
 
 def test_limits_are_the_documented_ones() -> None:
-    """The limits are the ones the proto comments and the README promise every client."""
+    """The limits are the ones the proto comments and docs/configuration.md promise every client."""
     assert (ROUTE_MAX_CHARS, IDEMPOTENCY_KEY_MAX_CHARS) == (256, 256)
     assert (PAYLOAD_MAX_BYTES, PAYLOAD_MAX_DEPTH) == (64 * 1024, 32)
     assert (LABELS_MAX, LABEL_VALUE_MAX_CHARS) == (16, 256)

@@ -401,7 +401,7 @@ def begin(
             Rejection(
                 reason=RejectionReason.DUPLICATE,
                 message=(
-                    "duplicate request: an identical submission was accepted "
+                    "an identical submission was accepted "
                     f"{age:.1f}s ago (operation_id={earlier.run.operation_id}, "
                     f"{_state_words(first)}). Wait and try again if this was intentional."
                 ),
@@ -417,8 +417,7 @@ def begin(
             Rejection(
                 reason=RejectionReason.DUPLICATE,
                 message=(
-                    "duplicate request: an identical submission is already queued "
-                    f"(operation_id={twin.operation_id})."
+                    f"an identical submission is already queued (operation_id={twin.operation_id})."
                 ),
                 holders=holders,
             ),

@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
@@ -91,11 +92,15 @@ from runguard.server.stores.codec import (
     encode_settings,
 )
 
-__all__ = ["FENCING_BASE", "PAGE", "EtcdStore", "describe_failure"]
+__all__ = ["COUNT_EVERY", "FENCING_BASE", "PAGE", "EtcdStore", "describe_failure"]
 
 FENCING_BASE = 1 << 52
 """Where fencing tokens of this store start: above the clock-seeded tokens (microseconds
 since 1970) that earlier versions handed out, until the year 2112."""
+
+COUNT_EVERY = 1.0
+"""Seconds an etcd count of the guards is used before etcd is asked again (--max-guards is
+enforced within about that many seconds' worth of new guards across replicas)."""
 
 PAGE = 500
 """Keys per Range when reading many guards (a page of full records stays far below 4 MiB)."""
@@ -180,6 +185,7 @@ class EtcdStore(Store):
         self._live: set[str] = {self._replica}
         self._dead: set[str] = set()
         self._read_cache: dict[str, tuple[int, GuardDoc]] = {}
+        self._count, self._created, self._counted_at = 0, 0, -COUNT_EVERY
         self._subscribers: list[_Subscriber] = []
         self._client: Etcd3Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -473,6 +479,8 @@ class EtcdStore(Store):
             revision = reply.header.revision
         self._see(revision)
         self._read_cache.pop(guard, None)
+        if version == 0:
+            self._created += 1
         return Commit(
             revision=revision,
             guard=guard,
@@ -593,6 +601,11 @@ class EtcdStore(Store):
         return self._revision, [await self._visible(d) for d in docs]
 
     async def guard_count(self) -> int:
+        # etcd counts by walking its index: ask at most once a second, and add the
+        # guards this replica created since (other replicas' show at the next ask).
+        now = time.monotonic()
+        if now - self._counted_at < COUNT_EVERY:
+            return self._count + self._created
         kv = await self._kv()
         found = await self._call(
             kv.get(
@@ -602,7 +615,8 @@ class EtcdStore(Store):
                 timeout=self._timeout,
             )
         )
-        return int(found.count)
+        self._count, self._created, self._counted_at = int(found.count), 0, now
+        return self._count
 
     async def defaults(self, proposed: GuardSettings) -> GuardSettings:
         kv = await self._kv()

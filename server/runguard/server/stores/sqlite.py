@@ -127,6 +127,9 @@ class SqliteStore(Store):
                 self._worker.submit(self._open).result()
             )
             self._fencing_floor = max(self._fencing_floor, fence)
+            self._count = self._worker.submit(
+                lambda: int(self._db.execute("SELECT count(*) FROM guards").fetchone()[0])
+            ).result()
             # The worker's own count: commits made there before the event
             # loop has run _publish for the previous ones still number on.
             self._committed = self._revision
@@ -252,6 +255,7 @@ class SqliteStore(Store):
                     raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
                 revision = self._committed + 1
                 fence = self._fencing_floor
+                count = self._count + (-1 if reclaim else 1 if version == 0 else 0)
                 if reclaim:
                     db.execute("DELETE FROM guards WHERE name = ?", (guard,))
                     fence = max(fence, doc.next_fencing)
@@ -278,7 +282,7 @@ class SqliteStore(Store):
                     db.execute("ROLLBACK")
                 raise
             self._kept, self._floor, self._committed = kept, floor, revision
-            self._fencing_floor = fence
+            self._fencing_floor, self._count = fence, count
             commit = Commit(
                 revision=revision,
                 guard=guard,
@@ -354,9 +358,7 @@ class SqliteStore(Store):
         return await self._run(work)
 
     async def guard_count(self) -> int:
-        return await self._run(
-            lambda: int(self._db.execute("SELECT count(*) FROM guards").fetchone()[0])
-        )
+        return self._count  # kept by the commits, so no scan of the table
 
     async def defaults(self, proposed: GuardSettings) -> GuardSettings:
         def work() -> GuardSettings:
