@@ -42,7 +42,9 @@ COPY --from=builder /opt/runguard /opt/runguard
 USER 10001:10001
 VOLUME ["/var/lib/runguard"]
 WORKDIR /var/lib/runguard
-EXPOSE 50051
+# 8080: the HTTP front (Connect, Server-Sent Events, the status page), served only when the
+# command adds --http-listen 0.0.0.0:8080.
+EXPOSE 50051 8080
 # runguard health reads what the client verbs read: RUNGUARD_TARGET (127.0.0.1:50051) and,
 # for a server with TLS, RUNGUARD_CACERT (with mTLS also RUNGUARD_CERT, RUNGUARD_KEY): pass
 # them with -e when the command serves TLS.

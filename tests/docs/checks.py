@@ -43,7 +43,7 @@ def _shown(result: Outcome) -> str:
 
 def readme(blocks: Outcomes) -> None:
     """The grpcurl session is granted, IN_FLIGHT, ENDED, DUPLICATE; Watch shows a snapshot at
-    revision 2; Python holds then is refused duplicate; the drop-in and the CLI do as shown;
+    revision 3; Python holds then is refused duplicate; the drop-in and the CLI do as shown;
     the Node client ends twice."""
     session = blocks["session"]
     granted, in_flight, ended, duplicate = documents(session.stdout)
@@ -59,10 +59,14 @@ def readme(blocks: Outcomes) -> None:
     assert duplicate["rejected"]["message"].startswith("an identical submission was accepted")
     (watched,) = documents(blocks["watch"].stdout)
     assert watched["snapshot"] == {
-        "revision": "2",
+        "revision": "3",  # the quick start's curl Begin, then the session's Begin and End
         "guards": [{"guard": "generate", "capacity": 1, "dedupWindow": "5s", "maxQueue": 1000}],
     }
     assert "Code: DeadlineExceeded" in blocks["watch"].stderr
+    configured, *listed = blocks["guards"].stdout.splitlines()
+    assert configured == "generate: capacity=2 dedup_window=60s max_queue=1000 (own settings)"
+    assert "generate: 0/2 held, 0 queued" in listed, listed
+    assert any(line.startswith("thumbnails: 1/1 held") for line in listed), listed
     first, second = blocks["python"].stdout.splitlines()
     assert re.fullmatch(r"first holds [0-9a-f]{32} fencing token \d+", first), first
     assert second.startswith("double submit refused (duplicate): an identical submission"), second
@@ -239,7 +243,24 @@ def runs(blocks: Outcomes) -> None:
     assert "was asked to stop: user pressed stop; stopping the command" in cancel.stderr
 
 
+def guards(blocks: Outcomes) -> None:
+    """configure changes the guard for every client; a bad value names the field; guards lists
+    the configured guard and the held one."""
+    assert blocks["configure"].stdout.splitlines() == [
+        "generate: capacity=3 dedup_window=60s max_queue=1000 (own settings)",
+        "3 60.0 True",
+    ], _shown(blocks["configure"])
+    assert blocks["refused"].stderr.strip() == (
+        "runguard configure: invalid: capacity: must be 1 to 65535, got 0"
+    ), _shown(blocks["refused"])
+    listed = blocks["list"].stdout.splitlines()
+    assert listed[0] == "generate: 0/3 held, 0 queued", _shown(blocks["list"])
+    assert listed[1] == "thumbnails: 1/1 held, 0 queued", _shown(blocks["list"])
+    assert listed[2].startswith("  thumbnails job-1 fencing="), _shown(blocks["list"])
+
+
 CHECKS: dict[str, Callable[[Outcomes], None]] = {
+    "guards.md": guards,
     "README.md": readme,
     "cli.md": cli,
     "configuration.md": configuration,

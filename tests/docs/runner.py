@@ -15,7 +15,7 @@ comments on the lines right above a fence:
                               reader's Ctrl-C) or the page ends
 ``<!-- id: NAME -->``         names the block, so a check in tests/docs can read its output
 
-Documented ports (50051-50059, 9100-9109, 23790-23809) are replaced, as whole words, by
+Documented ports (50051-50059, 8080-8089, 9100-9109, 23790-23809) are replaced, as whole words, by
 free ports, the same one for the same number all over the page; ``RUNGUARD_LISTEN`` and
 ``RUNGUARD_TARGET`` name the page's 50051, so ``scripts/serve`` and the clients' default
 target meet there.
@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RUN_INFO = ("sh", "python")
 SAMPLE_INFO = ("text",)
-PORT_WORD = re.compile(r"\b(5005[1-9]|910\d|23[78]\d\d)\b")
+PORT_WORD = re.compile(r"\b(5005[1-9]|808\d|910\d|23[78]\d\d)\b")
 FENCE = re.compile(r"^```(.*)$")
 MARKER = re.compile(r"^<!--\s*(.*?)\s*-->$")
 SERVING = '"event": "serving"'

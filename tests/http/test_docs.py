@@ -215,3 +215,13 @@ def test_connect_web_example_runs_in_node(served: Callable[..., Served], tmp_pat
     first, second = ran.stdout.splitlines()
     assert re.fullmatch(r"holding web-1, fencing token \d+", first), first
     assert second.startswith("snapshot ")
+
+
+@pytest.mark.parametrize("language", ["html", "js"])
+def test_the_readmes_web_snippets_are_the_tested_ones(language: str) -> None:
+    """Each html and js block of the README is (a part of) one that this module runs."""
+    readme = blocks((ROOT / "README.md").read_text(encoding="utf-8"), language)
+    tested = blocks(DOC.read_text(encoding="utf-8"), language)
+    assert readme
+    for block in readme:
+        assert any(block in whole for whole in tested), block

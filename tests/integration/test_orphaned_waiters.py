@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
-from runguard.client import Client, Unavailable
+from runguard.client import AsyncClient, Client, Unavailable
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
 
@@ -210,3 +210,30 @@ async def test_a_draining_server_sends_queued_callers_away_at_once(
     doc = (await running.server.store.read("g")).doc
     assert [w.operation_id for w in doc.queue] == []
     await asyncio.wait_for(stopping, STEP)
+
+
+async def test_an_async_client_begin_survives_a_restart_within_its_wait(
+    served: Callable[..., Served],
+    channel_to: Callable[[Served], grpc.Channel],
+    tmp_path: Path,
+) -> None:
+    """AsyncClient.begin(wait=…) behaves as Client.begin across a restart: sent again, then
+    granted on the new server once the holder ends."""
+    url = f"sqlite://{tmp_path / 'runguard.db'}"
+    first = await asyncio.to_thread(served, "--store", url)
+    port = first.address.rpartition(":")[2]
+    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(first))
+    held = stub.Begin(begin_request("holder", guard="g"), timeout=STEP).granted
+    async with AsyncClient(first.address, timeout=STEP) as client:
+        waiting = asyncio.ensure_future(
+            client.begin("g", payload={"job": 3}, operation_id="patient-async", wait=60)
+        )
+        await asyncio.to_thread(_until, lambda: _state(stub).queue_length == 1)
+        await asyncio.to_thread(_stop, first, signal.SIGTERM)
+        second = await asyncio.to_thread(served, "--store", url, "--listen", f"127.0.0.1:{port}")
+        stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(second))
+        await asyncio.to_thread(_until, lambda: _state(stub).queue_length == 1)
+        assert stub.End(end_request(held), timeout=STEP).result == pb.END_RESULT_ENDED
+        grant = await asyncio.wait_for(waiting, STEP)
+    assert grant.run.operation_id == "patient-async"
+    assert [h.operation_id for h in _state(stub).holders] == ["patient-async"]

@@ -73,6 +73,10 @@ def _encode(message: pb.WatchResponse, index: int | None) -> bytes:
     kind = message.WhichOneof("event") or "progress"
     revision = getattr(message, kind).revision
     data = json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+    if kind == "snapshot" and message.snapshot.more:
+        # A part of a snapshot has no id: a reconnect in the middle of one resumes from
+        # before it (and gets it whole again), never from a half-sent snapshot.
+        return f"event: {kind}\ndata: {data}\n\n".encode()
     return (
         f"id: {event_id(message.epoch, revision, index)}\nevent: {kind}\ndata: {data}\n\n".encode()
     )

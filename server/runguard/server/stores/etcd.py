@@ -59,6 +59,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -101,6 +102,9 @@ since 1970) that earlier versions handed out, until the year 2112."""
 COUNT_EVERY = 1.0
 """Seconds an etcd count of the guards is used before etcd is asked again (--max-guards is
 enforced within about that many seconds' worth of new guards across replicas)."""
+
+READ_CACHE = 10_000
+"""Guards whose last read is remembered for the commit that follows it."""
 
 PAGE = 500
 """Keys per Range when reading many guards (a page of full records stays far below 4 MiB)."""
@@ -184,7 +188,9 @@ class EtcdStore(Store):
         self._replica = uuid.uuid4().hex[:16]
         self._live: set[str] = {self._replica}
         self._dead: set[str] = set()
-        self._read_cache: dict[str, tuple[int, GuardDoc]] = {}
+        self._read_cache: OrderedDict[str, tuple[int, GuardDoc]] = OrderedDict()
+        """The document each guard was last read as (for the commit that follows), newest
+        last, at most READ_CACHE guards: names callers invent must not grow it."""
         self._count, self._created, self._counted_at = 0, 0, -COUNT_EVERY
         self._subscribers: list[_Subscriber] = []
         self._client: Etcd3Client | None = None
@@ -410,13 +416,19 @@ class EtcdStore(Store):
         found = await self._call(kv.get(self._key(guard), timeout=self._timeout))
         if not found.kvs:
             new = self._new(guard, found.header.revision)
-            self._read_cache[guard] = (0, new)
+            self._remember(guard, 0, new)
             return Versioned(new, 0)
         item = found.kvs[0]
         self._see(item.mod_revision)
         doc = await self._visible(self._decode(item.value, item.mod_revision).doc)
-        self._read_cache[guard] = (item.mod_revision, doc)
+        self._remember(guard, item.mod_revision, doc)
         return Versioned(doc, item.mod_revision)
+
+    def _remember(self, guard: str, version: int, doc: GuardDoc) -> None:
+        self._read_cache[guard] = (version, doc)
+        self._read_cache.move_to_end(guard)
+        while len(self._read_cache) > READ_CACHE:
+            self._read_cache.popitem(last=False)
 
     def _decode(self, value: bytes, revision: int) -> Any:
         try:

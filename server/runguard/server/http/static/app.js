@@ -7,6 +7,7 @@ const changes = []; // newest first
 let changeCount = 0;
 let resyncCount = 0;
 let lastId = null;
+let snapshotOpen = false; // a snapshot's parts are still coming
 let source = null;
 let bearer = null; // only in this tab's memory
 let clockOffset = 0; // server clock minus ours, from a Date header
@@ -32,12 +33,18 @@ function watchUrl() {
 
 function connect() {
   if (source) source.close();
+  snapshotOpen = false;
   source = new EventSource(watchUrl());
-  source.addEventListener("open", () => setStatus("live", "live"));
+  source.addEventListener("open", () => {
+    snapshotOpen = false; // a reconnect starts over: a half-sent snapshot is sent again
+    setStatus("live", "live");
+  });
   source.addEventListener("snapshot", (event) => {
     const message = JSON.parse(event.data);
     lastId = event.lastEventId;
-    guards.clear();
+    // A snapshot of many guards comes in parts ("more" on all but the last).
+    if (!snapshotOpen) guards.clear();
+    snapshotOpen = Boolean(message.snapshot.more);
     for (const state of message.snapshot.guards || []) guards.set(state.guard, state);
     if (message.snapshot.resynced) resyncCount += 1;
     showRevision(message.snapshot.revision);
