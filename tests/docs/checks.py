@@ -219,7 +219,7 @@ def runs(blocks: Outcomes) -> None:
     first, released = blocks["watched"].stdout.splitlines()
     assert first.endswith('progress=10% "frame 1 of 10"'), first
     assert re.search(
-        r'released \(ended\) generate job-1 .*progress=100% "frame 10 of 10" ended=ended '
+        r'released \(ended\) generate job-1 .*progress=100% "frame 10 of 10" end_reason=ended '
         r'outcome=succeeded result=\{"batch": "/out/job-1"\}',
         released,
     ), released

@@ -234,6 +234,12 @@ def _run_text(run: Run) -> str:
         f"expires={run.expires_at.isoformat(timespec='seconds')}"
         + (f" by={run.principal}" if run.principal else "")
     )
+    return text + _life_text(run)
+
+
+def _life_text(run: Run) -> str:
+    """How far a run got, whether it was asked to stop, and how it ended."""
+    text = ""
     if run.progress is not None:
         if run.progress.fraction is not None:
             text += f" progress={run.progress.fraction:.0%}"
@@ -244,7 +250,7 @@ def _run_text(run: Run) -> str:
             f" ({json.dumps(run.cancel_reason)})" if run.cancel_reason else ""
         )
     if run.state == "ended":
-        text += f" ended={run.end_reason}"
+        text += f" end_reason={run.end_reason}"
         if run.outcome is not None:
             text += f" outcome={run.outcome}"
         if run.result is not None:
@@ -287,7 +293,8 @@ def _refused(args: argparse.Namespace, error: RunGuardError) -> int:
         text = f"rejected {error.reason}: {error.message}"
         if error.duplicate_of is not None:
             data["duplicate_of"] = _plain(error.duplicate_of)
-            text += f"\nearlier run: {_run_text(error.duplicate_of)}"
+            earlier = error.duplicate_of
+            text += f"\nearlier run: {earlier.operation_id} {earlier.state}{_life_text(earlier)}"
     else:
         text = f"lease lost: {error.message}"
     _emit(args.json, text, data)

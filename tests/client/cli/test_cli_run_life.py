@@ -30,7 +30,7 @@ def test_end_keeps_an_outcome_and_result_that_get_and_a_duplicate_show(
 
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"ended {guard} op-1 ")
-    assert 'ended=ended outcome=succeeded result={"batch": 7}' in shown.stdout
+    assert 'end_reason=ended outcome=succeeded result={"batch": 7}' in shown.stdout
     assert again.returncode == REFUSED
     assert again.stdout.startswith("rejected duplicate: ")
     assert "earlier run: " in again.stdout
