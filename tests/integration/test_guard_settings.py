@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 from google.rpc import error_details_pb2, status_pb2
 from runguard.v1 import runguard_pb2 as pb
 
@@ -243,3 +245,22 @@ async def test_a_snapshot_of_many_guards_comes_in_parts(running: Running) -> Non
     assert all(p.snapshot.revision == parts[0].snapshot.revision for p in parts)
     assert [g.guard for p in parts for g in p.snapshot.guards] == names
     assert max(p.ByteSize() for p in parts) < 1024 * 1024
+
+
+async def test_a_restart_with_other_flags_keeps_the_stored_settings_and_says_so(
+    start_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    """On a durable store, settings changed at run time outlive a restart whose --guard flag
+    says otherwise; the server warns once, naming the guard, the stored and its own value."""
+    url = f"sqlite://{tmp_path / 'runguard.db'}"
+    first: Running = await start_server(store_url=url, capacities={"g": 2})
+    await first.stub.ConfigureGuard(pb.ConfigureGuardRequest(guard="g", dedup_window=seconds(120)))
+    await first.server.stop(grace=0.1)
+    with structlog.testing.capture_logs() as logs:
+        second: Running = await start_server(store_url=url, capacities={"g": 3})
+    warned = [e for e in logs if e["event"] == "policy_mismatch"]
+    assert [(e["guard"], e["setting"], e["stored"], e["flag"]) for e in warned] == [
+        ("g", "capacity", 2, 3)
+    ]
+    state = (await second.stub.Current(pb.CurrentRequest(guard="g"))).state
+    assert (state.capacity, state.dedup_window.seconds) == (2, 120)

@@ -148,7 +148,14 @@ class Coordinator:
             max_ttl=self.config.max_ttl,
             max_queue=stored.max_queue,
         )
-        self._warn_mismatch("", stored, proposed, "the store-wide defaults")
+        self._warn_mismatch(
+            "",
+            stored,
+            proposed,
+            ("capacity", "dedup_window", "max_queue"),
+            "the store's defaults are enforced (written by the first server on the store; "
+            "give a guard settings of its own with runguard configure)",
+        )
         for guard, capacity in sorted(self.config.capacities.items()):
             wanted = GuardSettings(
                 capacity=capacity,
@@ -158,12 +165,25 @@ class Coordinator:
             doc = (await self.store.read(guard)).doc
             if doc.settings is None:
                 await self.configure(guard, wanted)
-            else:
-                self._warn_mismatch(guard, doc.settings, wanted, f"guard {guard!r}")
+            else:  # --guard names a capacity only
+                self._warn_mismatch(
+                    guard,
+                    doc.settings,
+                    wanted,
+                    ("capacity",),
+                    f"guard {guard!r} keeps its stored settings "
+                    f"(change them with runguard configure {guard})",
+                )
 
     @staticmethod
-    def _warn_mismatch(guard: str, stored: GuardSettings, flags: GuardSettings, what: str) -> None:
-        for name in ("capacity", "dedup_window", "max_queue"):
+    def _warn_mismatch(
+        guard: str,
+        stored: GuardSettings,
+        flags: GuardSettings,
+        names: tuple[str, ...],
+        outcome: str,
+    ) -> None:
+        for name in names:
             have, told = getattr(stored, name), getattr(flags, name)
             if have != told:
                 log.warning(
@@ -172,8 +192,8 @@ class Coordinator:
                     setting=name,
                     stored=have,
                     flag=told,
-                    detail=f"{what}: the store says {name}={have}, this server's flags say "
-                    f"{told}; the stored value is enforced (change it with runguard configure)",
+                    detail=f"the store says {name}={have}, this server's flags say {told}: "
+                    + outcome,
                 )
 
     def policy_of(self, doc: GuardDoc) -> GuardPolicy:

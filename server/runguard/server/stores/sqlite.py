@@ -321,41 +321,35 @@ class SqliteStore(Store):
         self._revision = max(self._revision, commit.revision)
         self._feed.publish(commit)
 
-    async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
-        def work() -> tuple[int, list[GuardDoc]]:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                revision = int(
-                    db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
-                )
-                if guards is None:
-                    rows = db.execute("SELECT doc FROM guards ORDER BY name")
-                    docs = [self._decode(row[0]) for row in rows]
-                else:
-                    docs = [self._read(name).doc for name in guards]
-            finally:
-                db.execute("COMMIT")
-            return revision, docs
+    def _as_of_one_revision(self, read: Callable[[], list[GuardDoc]]) -> tuple[int, list[GuardDoc]]:
+        """``read``'s documents and the revision they are as of, in one read transaction."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            revision = int(
+                db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
+            )
+            return revision, read()
+        finally:
+            db.execute("COMMIT")
 
-        return await self._run(work)
+    async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:
+        def read() -> list[GuardDoc]:
+            if guards is not None:
+                return [self._read(name).doc for name in guards]
+            rows = self._db.execute("SELECT doc FROM guards ORDER BY name")
+            return [self._decode(row[0]) for row in rows]
+
+        return await self._run(lambda: self._as_of_one_revision(read))
 
     async def list_guards(self, after: str, limit: int) -> tuple[int, list[GuardDoc]]:
-        def work() -> tuple[int, list[GuardDoc]]:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                revision = int(
-                    db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
-                )
-                rows = db.execute(
-                    "SELECT doc FROM guards WHERE name > ? ORDER BY name LIMIT ?", (after, limit)
-                ).fetchall()
-            finally:
-                db.execute("COMMIT")
-            return revision, [self._decode(row[0]) for row in rows]
+        def read() -> list[GuardDoc]:
+            rows = self._db.execute(
+                "SELECT doc FROM guards WHERE name > ? ORDER BY name LIMIT ?", (after, limit)
+            )
+            return [self._decode(row[0]) for row in rows]
 
-        return await self._run(work)
+        return await self._run(lambda: self._as_of_one_revision(read))
 
     async def guard_count(self) -> int:
         return self._count  # kept by the commits, so no scan of the table
