@@ -515,3 +515,55 @@ def test_the_log_of_the_attack_has_no_secret(target: Target, tmp_path: Path) -> 
     assert target.admin[0][1].split()[1] not in text
     assert target.anchor_token
     assert target.anchor_token not in text
+
+
+@SETTINGS
+@given(
+    method=st.sampled_from(["Cancel", "GetRun", "End", "KeepAlive"]),
+    guard=_mostly(st.just(ANCHOR_GUARD), GUARDS),
+    operation_id=_mostly(st.just(ANCHOR_OP), OPERATION_IDS),
+    text=TEXT,
+    outcome=st.one_of(st.integers(min_value=0, max_value=3), st.integers(-(2**31), 2**31 - 1)),
+    result=PAYLOADS,
+    fraction=st.one_of(st.none(), st.floats(min_value=0, max_value=1), NUMBERS),
+    who=METADATA,
+)
+def test_hostile_outcomes_progress_and_cancels_change_nothing_they_may_not(
+    target: Target,
+    method: str,
+    guard: str,
+    operation_id: str,
+    text: str,
+    outcome: int,
+    result: struct_pb2.Value | None,
+    fraction: float | None,
+    who: str,
+) -> None:
+    """Cancel, GetRun, and End/KeepAlive with hostile outcomes, results and progress reports
+    (and a guessed lease token): documented codes only; nothing changes but an admin's Cancel,
+    and no Cancel ever frees the anchor's slot."""
+    if method == "Cancel":
+        request: Any = pb.CancelRequest(guard=guard, operation_id=operation_id, reason=text)
+    elif method == "GetRun":
+        request = pb.GetRunRequest(guard=guard, operation_id=operation_id)
+    elif method == "End":
+        request = pb.EndRequest(
+            guard=guard, operation_id=operation_id, lease_token="guessed", outcome=outcome
+        )
+        if result is not None:
+            request.result.CopyFrom(result)
+    else:
+        request = pb.KeepAliveRequest(guard=guard, operation_id=operation_id, lease_token="guess")
+        request.progress.message = text
+        if fraction is not None:
+            request.progress.fraction = fraction
+    before = target.revision()
+    code, reply = _call(target, method, request, who)
+    _check(target, before, code, reply)
+    if code is grpc.StatusCode.OK and not (method == "Cancel" and who == "admin"):
+        assert target.revision() == before
+    holders = target.stub.Current(
+        pb.CurrentRequest(guard=ANCHOR_GUARD), metadata=target.admin, timeout=15
+    ).state.holders
+    assert [run.operation_id for run in holders] == [ANCHOR_OP]
+    target.hold_anchor()

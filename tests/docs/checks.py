@@ -95,7 +95,8 @@ def contract(blocks: Outcomes) -> None:
     assert '"field":"guard"' in invalid
     assert '"field":"ttl"' in invalid
     ended, replayed = documents(blocks["resume"].stdout)
-    assert ended == {"result": "END_RESULT_ENDED"}
+    assert ended["result"] == "END_RESULT_ENDED"
+    assert ended["run"]["state"] == "RUN_STATE_ENDED"
     assert replayed["change"]["kind"] == "CHANGE_KIND_RELEASED", blocks["resume"].stdout
     assert replayed["change"]["run"]["operationId"] == "op-9"
     (resynced,) = documents(blocks["resynced"].stdout)
@@ -135,7 +136,8 @@ def security(blocks: Outcomes) -> None:
     granted, current, ended = documents(calls.stdout)
     assert granted["granted"]["run"]["principal"] == "worker-7"
     assert [h["principal"] for h in current["state"]["holders"]] == ["worker-7"]
-    assert ended == {"result": "END_RESULT_ENDED"}
+    assert ended["result"] == "END_RESULT_ENDED"
+    assert ended["run"]["state"] == "RUN_STATE_ENDED"
     assert calls.stderr.count("Code: PermissionDenied") == 2, _shown(calls)
     assert "principal 'build-host' has none" in calls.stderr
     audits = [
@@ -207,6 +209,40 @@ def cli(blocks: Outcomes) -> None:
     assert blocks["queue"].stdout == "my turn came\nexports: 0/1 held, 0 queued\n"
 
 
+def runs(blocks: Outcomes) -> None:
+    """A second tab sees the running job; the watcher got coalesced progress and the ended
+    run's last report and outcome; a double submit gets the first result; a cancel stops the
+    command, keeps the slot (a second job is IN_FLIGHT) until it exits, then ends cancelled."""
+    progress = blocks["progress"].stdout
+    assert re.search(r"^(running|ended) generate job-1 ", progress, re.M), progress
+    assert "job-1: succeeded {'batch': '/out/job-1'}" in progress, progress
+    first, released = blocks["watched"].stdout.splitlines()
+    assert first.endswith('progress=10% "frame 1 of 10"'), first
+    assert re.search(
+        r'released \(ended\) generate job-1 .*progress=100% "frame 10 of 10" end_reason=ended '
+        r'outcome=succeeded result=\{"batch": "/out/job-1"\}',
+        released,
+    ), released
+    assert blocks["duplicate"].stdout == "already made: succeeded {'batch': '/out/job-1'}\n"
+    got = json.loads(blocks["get"].stdout)["run"]
+    assert (got["state"], got["outcome"], got["result"]) == (
+        "ended",
+        "succeeded",
+        {"batch": "/out/job-1"},
+    )
+    cancel = blocks["cancel"]
+    lines = cancel.stdout.splitlines()
+    assert lines[0].startswith("requested generate job-3 "), _shown(cancel)
+    held = lines.index("generate: 1/1 held, 0 queued")
+    assert "job-3" in lines[held + 1], _shown(cancel)
+    assert "cancel-requested" in lines[held + 1], _shown(cancel)
+    assert lines[held + 2].startswith("rejected in_flight: "), _shown(cancel)
+    assert lines[held + 3] == "exit 75", _shown(cancel)
+    assert "cancelled: the command exited with 0; the run ended cancelled" in lines, _shown(cancel)
+    assert re.search(r"^ended generate job-3 .*outcome=cancelled", cancel.stdout, re.M)
+    assert "was asked to stop: user pressed stop; stopping the command" in cancel.stderr
+
+
 def guards(blocks: Outcomes) -> None:
     """configure changes the guard for every client; a bad value names the field; guards lists
     the configured guard and the held one."""
@@ -231,6 +267,7 @@ CHECKS: dict[str, Callable[[Outcomes], None]] = {
     "contract.md": contract,
     "operations.md": operations,
     "python.md": python,
+    "runs.md": runs,
     "security.md": security,
     "stores.md": stores,
 }

@@ -64,7 +64,8 @@ async def test_http_and_grpc_share_one_state(http: Running) -> None:
         {"guard": "generate", "operationId": "grpc-run", "leaseToken": granted.lease_token}
     )
     _, ended = await post_json(http, "End", body)
-    assert ended == {"result": "END_RESULT_ENDED"}
+    assert ended["result"] == "END_RESULT_ENDED"
+    assert ended["run"]["state"] == "RUN_STATE_ENDED"  # the ended run, as gRPC shows it
     assert not (await http.stub.Current(pb.CurrentRequest(guard="generate"))).state.holders
 
 

@@ -221,3 +221,79 @@ def test_page_asks_for_a_token_and_watches_with_the_cookie(
     until(browser, lambda d: holders(d, "generate") == ["tokened"])
     assert browser.execute_script("return document.cookie") == ""
     assert "worker-7" in texts(browser, '[data-guard="generate"]')[0]
+
+
+def test_page_shows_progress_and_cancels_a_run_without_freeing_its_slot(
+    served: Callable[..., Served], browser: webdriver.Chrome
+) -> None:
+    """A holder's progress shows as a bar with its message (a screenshot is saved in
+    tests/artifacts); the Cancel button marks the run (its holder's KeepAlive says so)
+    while it keeps its slot, until it Ends cancelled."""
+    server = served("--http-listen", "127.0.0.1:0")
+    stub = stub_of(server)
+    granted = stub.Begin(begin_request("page-job", guard="generate", ttl=600)).granted
+    held = pb.KeepAliveRequest(
+        guard="generate", operation_id="page-job", lease_token=granted.lease_token
+    )
+    report = pb.KeepAliveRequest()
+    report.CopyFrom(held)
+    report.progress.fraction = 0.4
+    report.progress.message = "frame 4 of 10"
+    stub.KeepAlive(report)
+    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
+    until(browser, lambda d: holders(d, "generate") == ["page-job"])
+
+    bar = browser.execute_script(
+        "return document.querySelector(\"[data-guard='generate'] .holder progress\").value"
+    )
+    (progress,) = texts(browser, "[data-guard='generate'] .holder .progress")
+    assert bar == pytest.approx(0.4)
+    assert "40%" in progress
+    assert "frame 4 of 10" in progress
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "status-page-progress.png"))
+
+    browser.find_element(By.CSS_SELECTOR, "[data-guard='generate'] .holder .cancel").click()
+    until(browser, lambda d: bool(texts(d, "[data-guard='generate'] .cancel-requested")))
+
+    assert stub.KeepAlive(held).cancel_requested
+    assert holders(browser, "generate") == ["page-job"]  # asked to stop, still holding
+    assert "1/1 held" in texts(browser, '[data-guard="generate"]')[0]
+    assert text_of(browser, "action-error") == ""
+    end = pb.EndRequest(
+        guard="generate",
+        operation_id="page-job",
+        lease_token=granted.lease_token,
+        outcome=pb.RUN_OUTCOME_CANCELLED,
+    )
+    stub.End(end)
+    until(browser, lambda d: holders(d, "generate") == [])
+    changes = texts(browser, "#changes li")
+    assert "released (ended) page-job" in changes[0]
+    assert "cancel_requested page-job" in changes[1]
+
+
+def test_page_says_why_a_cancel_was_refused(
+    served: Callable[..., Served], browser: webdriver.Chrome, tokens: Tokens
+) -> None:
+    """With a watcher's token, the Cancel button is refused by the server and the page says
+    so; the run is not marked."""
+    server = served("--http-listen", "127.0.0.1:0", "--auth-tokens", str(tokens.path))
+    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
+    until(browser, lambda d: text_of(d, "status") == "needs a token")
+    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    until(browser, lambda d: text_of(d, "status") == "live")
+    runner = runguard_pb2_grpc.RunGuardServiceStub(grpc.insecure_channel(server.address))
+    metadata = (("authorization", f"Bearer {tokens.runner}"),)
+    runner.Begin(begin_request("theirs", guard="generate"), metadata=metadata)
+    until(browser, lambda d: holders(d, "generate") == ["theirs"])
+
+    browser.find_element(By.CSS_SELECTOR, "[data-guard='generate'] .holder .cancel").click()
+    until(browser, lambda d: text_of(d, "action-error") != "")
+
+    assert "Cancel needs the role run or admin" in text_of(browser, "action-error")
+    run = runner.GetRun(
+        pb.GetRunRequest(guard="generate", operation_id="theirs"), metadata=metadata
+    ).run
+    assert not run.cancel_requested

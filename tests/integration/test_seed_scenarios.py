@@ -65,12 +65,12 @@ async def test_end_is_idempotent(running: Any) -> None:
 
 
 async def test_end_of_another_run_changes_nothing(running: Any) -> None:
-    """Ending an operation_id that holds no slot leaves the holder in place."""
+    """Ending an operation_id that holds no slot (never had one: UNKNOWN) leaves the holder."""
     grant = await running.stub.Begin(begin_request("op-1"))
     other = await running.stub.End(
         pb.EndRequest(guard="generate", operation_id="op-9", lease_token="whatever")
     )
-    assert other.result == pb.END_RESULT_ALREADY_ENDED
+    assert other.result == pb.END_RESULT_UNKNOWN
     current = await running.stub.Current(pb.CurrentRequest(guard="generate"))
     assert [run.operation_id for run in current.state.holders] == ["op-1"]
     assert current.state.holders[0].fencing_token == grant.granted.run.fencing_token

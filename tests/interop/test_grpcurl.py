@@ -155,8 +155,9 @@ def test_begin_and_end_outcomes_are_typed_json(served: Callable[..., Any]) -> No
     ]
     assert run["operationId"] in rival["rejected"]["message"]
     assert granted["leaseToken"] not in json.dumps(rival)
-    assert ended == {"result": "END_RESULT_ENDED"}
-    assert ended_again == {"result": "END_RESULT_ALREADY_ENDED"}
+    assert ended["result"] == "END_RESULT_ENDED"
+    assert ended_again["result"] == "END_RESULT_ALREADY_ENDED"
+    assert ended["run"]["state"] == ended_again["run"]["state"] == "RUN_STATE_ENDED"
     assert again["rejected"]["reason"] == "REJECTION_REASON_DUPLICATE"
     assert again["rejected"]["duplicateOf"]["operationId"] == run["operationId"]
     assert again["rejected"]["duplicateOf"]["fingerprint"] == run["fingerprint"]
@@ -231,3 +232,67 @@ def test_watch_streams_snapshot_then_acquired_then_released(served: Callable[...
     assert revisions == sorted(set(revisions))
     assert first["epoch"] == second["epoch"] == third["epoch"] != ""
     assert granted["leaseToken"] not in json.dumps(stream.objects)
+
+
+def test_a_runs_life_in_grpcurl_json(served: Callable[..., Any]) -> None:
+    """grpcurl describes Cancel and GetRun, reports progress that a Watch prints as PROGRESSED,
+    cancels, Ends CANCELLED with a result that a DUPLICATE and GetRun show, and names a bad
+    fraction."""
+    server = served("--dedup-window", "60")
+    described = grpcurl(server.address, "describe", SERVICE)
+    assert "rpc Cancel ( .runguard.v1.CancelRequest )" in described.stdout
+    assert "// GetRun shows a live run, or an ended one" in described.stdout
+    process = subprocess.Popen(
+        grpcurl_command(server.address, f"{SERVICE}/Watch", data={"guards": ["life"]}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        stream = JsonStream(process)
+        stream.next()  # the snapshot
+        submission = {"guard": "life", "operation_id": "op-l", "route": "/r", "payload": {"n": 1}}
+        granted = call(server.address, "Begin", submission)["granted"]
+        held = {"guard": "life", "operation_id": "op-l", "lease_token": granted["leaseToken"]}
+        call(server.address, "KeepAlive", {**held, "progress": {"fraction": 0.25, "message": "a"}})
+        cancelled = call(server.address, "Cancel", {"guard": "life", "operation_id": "op-l"})
+        renewed = call(server.address, "KeepAlive", held)
+        result = {"batch": "/out/17"}
+        ended = call(
+            server.address, "End", {**held, "outcome": "RUN_OUTCOME_SUCCEEDED", "result": result}
+        )
+        events = [stream.next()["change"] for _ in range(4)]
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    again = call(server.address, "Begin", {**submission, "operation_id": "op-2"})
+    got = call(server.address, "GetRun", {"guard": "life", "operation_id": "op-l"})
+    bad = grpcurl(
+        server.address,
+        f"{SERVICE}/KeepAlive",
+        data={**held, "progress": {"fraction": 2}},
+        options=("-format-error",),
+    )
+
+    assert [e["kind"] for e in events] == [
+        "CHANGE_KIND_ACQUIRED",
+        "CHANGE_KIND_PROGRESSED",
+        "CHANGE_KIND_CANCEL_REQUESTED",
+        "CHANGE_KIND_RELEASED",
+    ]
+    assert events[1]["run"]["progress"]["fraction"] == 0.25
+    assert cancelled["result"] == "CANCEL_RESULT_REQUESTED"
+    assert renewed["cancelRequested"] is True
+    assert ended["result"] == "END_RESULT_ENDED"
+    earlier = again["rejected"]["duplicateOf"]
+    for run in (earlier, got["run"], ended["run"], events[3]["run"]):
+        assert run["state"] == "RUN_STATE_ENDED"
+        assert run["outcome"] == "RUN_OUTCOME_SUCCEEDED"
+        assert run["result"] == result
+        assert run["cancelRequested"] is True
+    assert granted["leaseToken"] not in json.dumps([earlier, got, events])
+    assert bad.returncode == EXIT_INVALID_ARGUMENT, bad.stderr
+    [detail] = json.loads(bad.stderr)["details"]
+    violations = detail.get("fieldViolations", detail.get("field_violations"))
+    assert [violation["field"] for violation in violations] == ["progress.fraction"]

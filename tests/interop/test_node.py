@@ -131,3 +131,44 @@ def test_equal_json_from_python_and_node_is_one_submission(
         "fingerprint": run.fingerprint,
     }
     assert line["local_fingerprint"] == run.fingerprint
+
+
+def test_node_client_sees_a_runs_life(
+    served: Callable[..., Any], node_client: Callable[..., list[dict[str, Any]]]
+) -> None:
+    """grpc-js reports progress, sees it and a cancel in Watch, Ends CANCELLED with a result,
+    and reads the ended run back from a DUPLICATE and GetRun; End of nothing is UNKNOWN."""
+    server = served("--dedup-window", "60")
+
+    steps = by_step(node_client(server.address, "life", "node-life"))
+
+    progressed = steps["progressed"]["run"]
+    assert progressed["state"] == "RUN_STATE_RUNNING"
+    assert progressed["progress"] == {"fraction": 0.5, "message": "half"}
+    assert steps["cancel"] == {
+        "step": "cancel",
+        "result": "CANCEL_RESULT_REQUESTED",
+        "change_holders": ["node-job"],
+        "keep_alive_cancel_requested": True,
+    }
+    released = steps["end"]["released"]
+    assert steps["end"]["result"] == "END_RESULT_ENDED"
+    ended = {
+        "operation_id": "node-job",
+        "state": "RUN_STATE_ENDED",
+        "end_reason": "RELEASE_REASON_ENDED",
+        "outcome": "RUN_OUTCOME_CANCELLED",
+        "result": {"frames": 3},
+        "has_ended_at": True,
+        "progress": {"fraction": 0.5, "message": "half"},
+        "cancel_requested": True,
+        "cancel_reason": "stop",
+    }
+    assert released == ended
+    assert steps["duplicate"] == {
+        "step": "duplicate",
+        "reason": "REJECTION_REASON_DUPLICATE",
+        "duplicate_of": ended,
+    }
+    assert steps["get_run"]["run"] == ended
+    assert steps["end_unknown"]["result"] == "END_RESULT_UNKNOWN"

@@ -3,7 +3,9 @@
 One guard per run, with a random capacity (1..3), dedup window, max TTL and queue
 limit. Rules Begin (with and without wait, fingerprints and operation_ids from small
 pools so duplicates, replays and conflicts happen), End (right token, wrong token,
-force), KeepAlive, cancel_wait and settle, and move the clock by random steps or
+force; with or without an outcome and a result), KeepAlive (with or without a progress
+report), Cancel (by the run's principal, another one, or an admin), cancel_wait and
+settle, and move the clock by random steps or
 exactly onto the next lease expiry, wait deadline or dedup-window edge. Times are
 multiples of 1/8 s, so sums are exact and those edges are hit exactly.
 
@@ -29,7 +31,9 @@ from hypothesis.stateful import (
     rule,
 )
 from runguard.server.core import (
+    PROGRESS_INTERVAL,
     BeginCommand,
+    CancelResult,
     Change,
     ChangeKind,
     ChangeLog,
@@ -44,8 +48,11 @@ from runguard.server.core import (
     RejectionReason,
     ReleaseReason,
     Run,
+    RunOutcome,
+    RunProgress,
     Transition,
     begin,
+    cancel,
     cancel_wait,
     configure,
     end,
@@ -54,7 +61,14 @@ from runguard.server.core import (
     policy_of,
     settle,
 )
-from runguard.server.errors import LeaseLost, LeaseMismatch, OperationConflict, RunGuardError
+from runguard.server.errors import (
+    LeaseLost,
+    LeaseMismatch,
+    NotPermitted,
+    OperationConflict,
+    RunGuardError,
+    RunNotFound,
+)
 
 OPS = ["a", "b", "c", "d", "e", "f"]
 FINGERPRINTS = ["fp-1", "fp-2", "fp-3", "fp-4"]
@@ -62,6 +76,14 @@ EIGHTHS = st.sampled_from([k / 8 for k in range(49)])
 TTLS = st.one_of(st.none(), st.sampled_from([k / 8 for k in range(1, 81)]))
 WAITS = st.one_of(st.just(0.0), st.sampled_from([k / 8 for k in range(1, 161)]))
 START = 1_000.0
+PROGRESS = st.one_of(
+    st.none(),
+    st.builds(
+        RunProgress,
+        fraction=st.one_of(st.none(), st.sampled_from([0.0, 0.5, 1.0])),
+        message=st.sampled_from(["", "half", "done"]),
+    ),
+)
 
 # --- the reference model --------------------------------------------------------------
 
@@ -78,6 +100,10 @@ class MHolder:
     fencing: int
     started_at: float
     expires_at: float
+    progress: tuple[float | None, str, float] | None = None
+    shown_at: float | None = None
+    due: float | None = None
+    cancelled: bool = False
 
 
 @dataclass
@@ -97,8 +123,10 @@ class Model:
     next_fencing: int
     holders: list[MHolder] = field(default_factory=list)
     queue: list[MWaiter] = field(default_factory=list)
-    accepted: dict[str, tuple[float, str]] = field(default_factory=dict)
+    accepted: dict[str, tuple[float, str, int]] = field(default_factory=dict)
     last_release: dict[str, tuple[ReleaseReason, float]] = field(default_factory=dict)
+    ended: set[int] = field(default_factory=set)
+    """Fencing tokens of the runs that left their slot."""
     events: list[tuple[ChangeKind, str, ReleaseReason | None, int]] = field(default_factory=list)
     dirty: bool = False
     kept: dict[str, float] = field(default_factory=dict)
@@ -117,6 +145,7 @@ class Model:
             queue=[dataclasses.replace(w) for w in self.queue],
             accepted=dict(self.accepted),
             last_release=dict(self.last_release),
+            ended=set(self.ended),
             kept=dict(self.kept),
             defaults=self.defaults,
             configured=self.configured,
@@ -146,6 +175,7 @@ class Model:
     def release(self, h: MHolder, reason: ReleaseReason, at: float) -> None:
         self.holders.remove(h)
         self.last_release[h.op] = (reason, at)
+        self.ended.add(h.fencing)
         self.dirty = True
         self.events.append((ChangeKind.RELEASED, h.op, reason, len(self.queue)))
 
@@ -153,7 +183,8 @@ class Model:
         h = MHolder(op, fp, token, ttl, self.next_fencing, now, now + ttl)
         self.next_fencing += 1
         self.holders.append(h)
-        self.accepted[fp] = (now, op)
+        self.accepted.pop(fp, None)  # re-inserted last, as the core keeps them
+        self.accepted[fp] = (now, op, h.fencing)
         self.kept.pop(fp, None)
         self.kept[fp] = now
         self.dirty = True
@@ -173,9 +204,26 @@ class Model:
             self.queue = live
             self.dirty = True
         self.promote(now)
+        for h in list(self.holders):
+            if h.due is not None and h.due <= now:
+                self.show(h, now)
         return ("none",)
 
-    def in_window(self, fp: str, now: float) -> tuple[float, str] | None:
+    def show(self, h: MHolder, now: float) -> None:
+        h.shown_at, h.due = now, None
+        self.dirty = True
+        self.events.append((ChangeKind.PROGRESSED, h.op, None, len(self.queue)))
+
+    def ended_run(self, op: str, now: float) -> tuple[float, str, int] | None:
+        """The latest dedup entry inside the window whose run (``op``) has ended."""
+        for fp, (at, entry_op, fencing) in reversed(list(self.accepted.items())):
+            if fp not in self.kept:
+                continue
+            if entry_op == op and fencing in self.ended and now - at < self.policy.dedup_window:
+                return (at, entry_op, fencing)
+        return None
+
+    def in_window(self, fp: str, now: float) -> tuple[float, str, int] | None:
         # What the document kept: an entry dropped under a shorter window stays gone.
         hit = self.accepted.get(fp) if fp in self.kept else None
         if hit is not None and now - hit[0] < self.policy.dedup_window:
@@ -222,14 +270,41 @@ class Model:
         self.settle(now)
         h = self.holder(op)
         if h is None:
-            return ("end", EndResult.ALREADY_ENDED)
+            known = op in self.last_release
+            return ("end", EndResult.ALREADY_ENDED if known else EndResult.UNKNOWN)
         if not force and h.token != token:
             return ("raise", LeaseMismatch)
         self.release(h, ReleaseReason.FORCED if force else ReleaseReason.ENDED, now)
         self.promote(now)
         return ("end", EndResult.ENDED)
 
-    def keep_alive(self, op: str, token: str, ttl: float | None, now: float) -> Outcome:
+    def cancel(self, op: str, by: str, admin: bool, now: float) -> Outcome:
+        self.settle(now)
+        h = self.holder(op)
+        if h is None and self.ended_run(op, now) is None:
+            return ("raise", RunNotFound)
+        # Every run of this machine is granted to the principal "".
+        if not admin and by != "":
+            return ("raise", NotPermitted)
+        if h is None:
+            hit = self.ended_run(op, now)
+            assert hit is not None
+            return ("cancel", CancelResult.ALREADY_ENDED, op, hit[2])
+        if h.cancelled:
+            return ("cancel", CancelResult.ALREADY_REQUESTED, op, h.fencing)
+        h.cancelled = True
+        self.dirty = True
+        self.events.append((ChangeKind.CANCEL_REQUESTED, op, None, len(self.queue)))
+        return ("cancel", CancelResult.REQUESTED, op, h.fencing)
+
+    def keep_alive(
+        self,
+        op: str,
+        token: str,
+        ttl: float | None,
+        now: float,
+        progress: RunProgress | None = None,
+    ) -> Outcome:
         self.settle(now)
         h = self.holder(op)
         if h is None:
@@ -243,6 +318,12 @@ class Model:
         h.ttl = h.ttl if ttl is None else ttl
         h.expires_at = now + h.ttl
         self.dirty = True
+        if progress is not None:
+            h.progress = (progress.fraction, progress.message, now)
+            if h.shown_at is None or now - h.shown_at >= PROGRESS_INTERVAL:
+                self.show(h, now)
+            else:
+                h.due = h.shown_at + PROGRESS_INTERVAL
         return ("run", h.op, h.fencing, h.expires_at)
 
     def configure(self, settings: GuardSettings | None, now: float) -> Outcome:
@@ -310,6 +391,9 @@ def reduce(outcome: object) -> Outcome:
         return ("end", outcome)
     if isinstance(outcome, Run):
         return ("run", outcome.operation_id, outcome.fencing_token, outcome.expires_at)
+    if isinstance(outcome, tuple):
+        result, run = outcome
+        return ("cancel", result, run.operation_id, run.fencing_token)
     if isinstance(outcome, GuardView):
         return ("view", outcome.capacity, outcome.dedup_window, outcome.max_queue)
     assert outcome is None, outcome
@@ -403,6 +487,8 @@ class CoreMachine(RuleBasedStateMachine):
         assert reduce(t.outcome) == expected
         event(describe(expected))
         event(f"{len(t.changes)} changes")
+        for change in t.changes:
+            event(f"change {change.kind.value}")
         assert t.dirty == model.dirty
         assert t.reclaim == model.reclaim
         if t.reclaim:
@@ -433,9 +519,21 @@ class CoreMachine(RuleBasedStateMachine):
                 assert change.run is not None
                 gone = change.run.operation_id
                 holders = [r for r in holders if r.operation_id != gone]
-            else:
+            elif change.kind is ChangeKind.CONFIGURED:
                 assert change.run is None
                 assert change.state.capacity == model.policy.capacity
+            else:
+                # Progress and cancel requests change the run, never who holds a slot.
+                assert change.run is not None
+                ops = [r.operation_id for r in holders]
+                holders[ops.index(change.run.operation_id)] = change.run
+            # An outcome only on ended runs: only a RELEASED change shows how a run ended.
+            if change.kind is ChangeKind.RELEASED:
+                assert change.run is not None
+                assert change.run.ending is not None
+                assert change.run.ending.reason is change.reason
+            elif change.run is not None:
+                assert change.run.ending is None
             assert change.state.guard == "g"
             assert list(change.state.holders) == holders
             assert change.state.queue_length == queue_length
@@ -503,6 +601,16 @@ class CoreMachine(RuleBasedStateMachine):
             )
             for h in doc.holders
         ] == [(h.op, h.fp, h.token, h.fencing, h.started_at, h.expires_at) for h in model.holders]
+        assert [
+            (
+                None if h.run.progress is None else dataclasses.astuple(h.run.progress),
+                h.progress_shown_at,
+                h.progress_due,
+                h.run.cancel is not None,
+                h.run.ending,
+            )
+            for h in doc.holders
+        ] == [(h.progress, h.shown_at, h.due, h.cancelled, None) for h in model.holders]
         assert [(w.operation_id, w.fingerprint, w.lease_token, w.deadline) for w in doc.queue] == [
             (w.op, w.fp, w.token, w.deadline) for w in model.queue
         ]
@@ -511,13 +619,21 @@ class CoreMachine(RuleBasedStateMachine):
         window = model.policy.dedup_window
         assert policy_of(doc, self.policy) == model.policy
         assert all(fp == a.run.fingerprint for fp, a in doc.accepted.items())
-        kept = {fp: (a.accepted_at, a.run.operation_id) for fp, a in doc.accepted.items()}
+        kept = {
+            fp: (a.accepted_at, a.run.operation_id, a.run.fencing_token)
+            for fp, a in doc.accepted.items()
+        }
         assert {fp: hit for fp, hit in kept.items() if self.now - hit[0] < window} == {
             fp: model.accepted[fp] for fp, at in model.kept.items() if self.now - at < window
         }
         if self.written_at == self.now:
-            assert all(self.now - at < window for at, _ in kept.values())
+            assert all(self.now - at < window for at, _, _ in kept.values())
+        # An entry whose run ended shows how it ended (the model knows that it did).
+        for fp, a in doc.accepted.items():
+            if self.now - a.accepted_at < window:
+                assert (a.run.ending is not None) == (a.run.fencing_token in model.ended), fp
         times = [h.expires_at for h in model.holders] + [w.deadline for w in model.queue]
+        times += [h.due for h in model.holders if h.due is not None]
         deadline = next_deadline(doc, self.policy)
         if times:
             assert deadline == min(times)
@@ -609,28 +725,75 @@ class CoreMachine(RuleBasedStateMachine):
             self.now = accepted.accepted_at + window + offset
             self.begin(op, accepted.run.fingerprint, None, wait)
 
-    @rule(data=st.data(), how=st.sampled_from(["token", "token", "wrong", "force"]))
-    def end(self, data: st.DataObject, how: str) -> None:
-        """End with the right token, a wrong one, or forced without one."""
+    @rule(
+        data=st.data(),
+        how=st.sampled_from(["token", "token", "wrong", "force"]),
+        outcome=st.one_of(st.none(), st.sampled_from(RunOutcome)),
+        result=st.sampled_from(["", '{"batch":"/out/1"}']),
+    )
+    def end(self, data: st.DataObject, how: str, outcome: RunOutcome | None, result: str) -> None:
+        """End with the right token, a wrong one, or forced; maybe with an outcome and a result."""
         op = self.pick(data)
         token = {"token": self.token_of(op), "wrong": "wrong-token", "force": ""}[how]
         force = how == "force"
         now = self.now
-        self.apply(
-            lambda d: end(d, self.policy, op, token, now, force=force),
+        t = self.apply(
+            lambda d: end(
+                d, self.policy, op, token, now, force=force, outcome=outcome, result=result
+            ),
             lambda m: m.end(op, token, force, now),
         )
+        if t is not None and t.outcome is EndResult.ENDED:
+            (mine,) = [
+                c.run
+                for c in t.changes
+                if c.kind is ChangeKind.RELEASED and c.reason is not ReleaseReason.EXPIRED
+            ]
+            assert mine.ending is not None
+            assert (mine.ending.outcome, mine.ending.result, mine.ending.at) == (
+                outcome,
+                result,
+                now,
+            )
 
-    @rule(data=st.data(), right=st.booleans(), ttl=TTLS)
-    def keep_alive(self, data: st.DataObject, right: bool, ttl: float | None) -> None:
-        """KeepAlive with or without the token, with or without a new ttl."""
+    @rule(data=st.data(), by=st.sampled_from(["", "", "mallory"]), admin=st.booleans())
+    def cancel(self, data: st.DataObject, by: str, admin: bool) -> None:
+        """Cancel by the run's own principal, another one, or an admin: never frees a slot."""
+        op = self.pick(data)
+        now = self.now
+        settled = settle(self.doc, self.policy, now).doc
+        t = self.apply(
+            lambda d: cancel(d, self.policy, op, now, reason="stop", by=by, admin=admin),
+            lambda m: m.cancel(op, by, admin, now),
+        )
+        if t is not None:
+            assert [h.run.operation_id for h in t.doc.holders] == [
+                h.run.operation_id for h in settled.holders
+            ]
+            result, run = t.outcome
+            if result is not CancelResult.ALREADY_ENDED:
+                assert run.cancel is not None
+                assert run.ending is None
+
+    @rule(data=st.data(), right=st.booleans(), ttl=TTLS, progress=PROGRESS)
+    def keep_alive(
+        self, data: st.DataObject, right: bool, ttl: float | None, progress: RunProgress | None
+    ) -> None:
+        """KeepAlive with or without the token, a new ttl, a progress report."""
         op = self.pick(data)
         token = self.token_of(op) if right else "wrong-token"
         now = self.now
-        self.apply(
-            lambda d: keep_alive(d, self.policy, op, token, now, ttl=ttl),
-            lambda m: m.keep_alive(op, token, ttl, now),
+        settled = settle(self.doc, self.policy, now).doc
+        t = self.apply(
+            lambda d: keep_alive(d, self.policy, op, token, now, ttl=ttl, progress=progress),
+            lambda m: m.keep_alive(op, token, ttl, now, progress),
         )
+        if t is not None:
+            # Progress never changes holders, capacity or the queue.
+            assert [h.run.operation_id for h in t.doc.holders] == [
+                h.run.operation_id for h in settled.holders
+            ]
+            assert t.doc.queue == settled.queue
 
     @rule(data=st.data(), right=st.booleans())
     def cancel_wait(self, data: st.DataObject, right: bool) -> None:

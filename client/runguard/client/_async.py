@@ -17,17 +17,35 @@ from runguard.client._shared import (
     WaitingBegin,
     WatchCursor,
     begin_request,
+    cancel_result,
     channel_options,
     configure_request,
+    end_request,
     end_result,
     grant_or_raise,
     guard_state,
+    keep_alive_request,
     renew_every,
     retryable,
     run_from,
 )
-from runguard.client.errors import LeaseLost, RunGuardError, Unavailable, error_from_status
-from runguard.client.models import EndResult, Grant, GuardState, Run, Snapshot, WatchEvent
+from runguard.client.errors import (
+    Cancelled,
+    LeaseLost,
+    RunGuardError,
+    RunNotFound,
+    Unavailable,
+    error_from_status,
+)
+from runguard.client.models import (
+    CancelReply,
+    EndResult,
+    Grant,
+    GuardState,
+    Run,
+    Snapshot,
+    WatchEvent,
+)
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
 
@@ -164,31 +182,64 @@ class AsyncClient:
             pass  # the server is still unreachable: the run's lease ends it
 
     async def end(
-        self, guard: str, operation_id: str, lease_token: str = "", *, force: bool = False
+        self,
+        guard: str,
+        operation_id: str,
+        lease_token: str = "",
+        *,
+        force: bool = False,
+        outcome: str | None = None,
+        result: Any = None,
     ) -> EndResult:
         """Give a slot back; see ``Client.end``."""
-        request = pb.EndRequest(
-            guard=guard, operation_id=operation_id, lease_token=lease_token, force=force
+        request = end_request(
+            guard, operation_id, lease_token, force=force, outcome=outcome, result=result
         )
         return end_result(await self._call("End", request))
 
-    async def end_grant(self, grant: Grant) -> EndResult:
+    async def end_grant(
+        self, grant: Grant, *, outcome: str | None = None, result: Any = None
+    ) -> EndResult:
         """End the run of a grant."""
-        return await self.end(grant.run.guard, grant.run.operation_id, grant.lease_token)
+        run = grant.run
+        return await self.end(
+            run.guard, run.operation_id, grant.lease_token, outcome=outcome, result=result
+        )
 
     async def keep_alive(
-        self, guard: str, operation_id: str, lease_token: str, *, ttl: float | None = None
+        self,
+        guard: str,
+        operation_id: str,
+        lease_token: str,
+        *,
+        ttl: float | None = None,
+        fraction: float | None = None,
+        message: str | None = None,
     ) -> Run:
-        """Extend a lease; see ``Client.keep_alive``."""
-        request = pb.KeepAliveRequest(
-            guard=guard, operation_id=operation_id, lease_token=lease_token
+        """Extend a lease (and report progress); see ``Client.keep_alive``."""
+        request = keep_alive_request(
+            guard, operation_id, lease_token, ttl=ttl, fraction=fraction, message=message
         )
-        if ttl is not None:
-            request.ttl.FromNanoseconds(round(ttl * 1e9))
         try:
             return run_from((await self._call("KeepAlive", request)).run)
         except LeaseLost as error:
             raise LeaseLost(error.message, guard=guard, operation_id=operation_id) from None
+
+    async def cancel(self, guard: str, operation_id: str, *, reason: str = "") -> CancelReply:
+        """Ask the holder of a run to stop; see ``Client.cancel``."""
+        request = pb.CancelRequest(guard=guard, operation_id=operation_id, reason=reason)
+        try:
+            return cancel_result(await self._call("Cancel", request))
+        except LeaseLost as error:
+            raise RunNotFound(error.message, guard=guard, operation_id=operation_id) from None
+
+    async def get_run(self, guard: str, operation_id: str) -> Run:
+        """A live or recently ended run; see ``Client.get_run``."""
+        request = pb.GetRunRequest(guard=guard, operation_id=operation_id)
+        try:
+            return run_from((await self._call("GetRun", request)).run)
+        except LeaseLost as error:
+            raise RunNotFound(error.message, guard=guard, operation_id=operation_id) from None
 
     async def configure_guard(
         self,
@@ -247,6 +298,7 @@ class AsyncClient:
         wait: float | None = None,
         labels: Mapping[str, str] | None = None,
         on_lost: Callable[[LeaseLost], object] | None = None,
+        on_cancel: Callable[[Cancelled], object] | None = None,
     ) -> AsyncIterator[Holding]:
         """Hold a slot for the ``async with`` block; see ``Client.run``."""
         grant = await self.begin(
@@ -259,40 +311,58 @@ class AsyncClient:
             wait=wait,
             labels=labels,
         )
-        holding = Holding(grant, on_lost)
+        holding = Holding(grant, on_lost, on_cancel)
+        wake = asyncio.Event()
+        holding.wake = wake.set
         watch = self.watch([grant.run.guard])
         tasks = [
-            asyncio.create_task(self._renew(holding)),
+            asyncio.create_task(self._renew(holding, wake)),
             asyncio.create_task(self._follow(holding, watch)),
         ]
 
-        async def release() -> None:
+        async def release(failed: bool) -> None:
             for task in tasks:
                 task.cancel()
             await watch.aclose()
             await asyncio.gather(*tasks, return_exceptions=True)
             if not holding.lost:
-                await self.end_grant(grant)
+                await self.end_grant(
+                    grant, outcome=holding.end_outcome(failed), result=holding.result
+                )
 
         try:
             yield holding
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(RunGuardError):  # the block's own error wins
-                await release()
+                await release(failed=not isinstance(error, Cancelled))
             raise
-        await release()
-        holding.check()
+        await release(failed=False)
+        if holding.lost_error is not None:
+            raise holding.lost_error
 
-    async def _renew(self, holding: Holding) -> None:
+    async def _renew(self, holding: Holding, wake: asyncio.Event) -> None:
         grant = holding.grant
-        expires = grant.run.expires_at.timestamp()
+        run = grant.run
+        expires = run.expires_at.timestamp()
+        renewal = time.monotonic() + renew_every(grant)
         while True:
-            await asyncio.sleep(renew_every(grant))
+            report, too_soon = holding.take_progress()
+            due = renewal - time.monotonic()
+            if report is None and due > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(due, too_soon) if too_soon > 0 else due):
+                        await wake.wait()
+                wake.clear()
+                continue
+            fraction, message = report if report is not None else (None, None)
             try:
-                run = await self.keep_alive(
-                    grant.run.guard, grant.run.operation_id, grant.lease_token
+                renewed = await self.keep_alive(
+                    run.guard,
+                    run.operation_id,
+                    grant.lease_token,
+                    fraction=fraction,
+                    message=message,
                 )
-                expires = run.expires_at.timestamp()
             except LeaseLost as error:
                 holding.lose(error.message)
                 return
@@ -300,10 +370,18 @@ class AsyncClient:
                 if time.time() >= expires:
                     holding.lose(f"the lease expired while renewals failed: {error.message}")
                     return
+            else:
+                expires = renewed.expires_at.timestamp()
+                if renewed.cancel_requested:
+                    holding.request_cancel(renewed)
+            renewal = time.monotonic() + renew_every(grant)
 
     async def _follow(self, holding: Holding, watch: AsyncWatch) -> None:
         try:
             async for event in watch:
+                asked = holding.cancel_seen(event)
+                if asked is not None:
+                    holding.request_cancel(asked)
                 reason = holding.released(event)
                 if reason is None:
                     continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,14 +16,18 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
-from runguard.client.errors import LeaseLost, RunRejected
+from runguard.client.errors import Cancelled, LeaseLost, RunRejected
 from runguard.client.models import (
+    OUTCOMES,
+    CancelReply,
+    CancelResult,
     Change,
     EndResult,
     Grant,
     GuardState,
     Progress,
     Run,
+    RunProgress,
     Snapshot,
     WatchEvent,
 )
@@ -38,12 +43,15 @@ __all__ = [
     "WaitingBegin",
     "WatchCursor",
     "begin_request",
+    "cancel_result",
     "channel_options",
     "configure_request",
+    "end_request",
     "end_result",
     "grant_or_raise",
     "guard_state",
     "json_payload",
+    "keep_alive_request",
     "renew_every",
     "retryable",
     "run_from",
@@ -74,16 +82,40 @@ _REASONS = {
     pb.REJECTION_REASON_QUEUE_FULL: "queue_full",
     pb.REJECTION_REASON_NOT_HELD: "not_held",
 }
-_KINDS = {
-    pb.CHANGE_KIND_ACQUIRED: "acquired",
-    pb.CHANGE_KIND_RELEASED: "released",
-    pb.CHANGE_KIND_CONFIGURED: "configured",
-}
 _RELEASES = {
     pb.RELEASE_REASON_ENDED: "ended",
     pb.RELEASE_REASON_EXPIRED: "expired",
     pb.RELEASE_REASON_FORCED: "forced",
 }
+_KINDS = {
+    pb.CHANGE_KIND_ACQUIRED: "acquired",
+    pb.CHANGE_KIND_RELEASED: "released",
+    pb.CHANGE_KIND_CONFIGURED: "configured",
+    pb.CHANGE_KIND_PROGRESSED: "progressed",
+    pb.CHANGE_KIND_CANCEL_REQUESTED: "cancel_requested",
+}
+_OUTCOME_NAMES = {
+    pb.RUN_OUTCOME_SUCCEEDED: "succeeded",
+    pb.RUN_OUTCOME_FAILED: "failed",
+    pb.RUN_OUTCOME_CANCELLED: "cancelled",
+}
+_OUTCOME_VALUES = {name: value for value, name in _OUTCOME_NAMES.items()}
+_END_RESULTS = {
+    pb.END_RESULT_ENDED: EndResult.ENDED,
+    pb.END_RESULT_ALREADY_ENDED: EndResult.ALREADY_ENDED,
+    pb.END_RESULT_UNKNOWN: EndResult.UNKNOWN,
+}
+_CANCEL_RESULTS = {
+    pb.CANCEL_RESULT_REQUESTED: CancelResult.REQUESTED,
+    pb.CANCEL_RESULT_ALREADY_REQUESTED: CancelResult.ALREADY_REQUESTED,
+    pb.CANCEL_RESULT_ALREADY_ENDED: CancelResult.ALREADY_ENDED,
+}
+
+PROGRESS_MESSAGE_MAX_CHARS = 256
+"""The server's limit on a progress message."""
+
+PROGRESS_SEND_INTERVAL = 0.25
+"""Seconds between two progress reports a held slot sends (the latest always goes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,6 +273,14 @@ class WaitingBegin:
 
 def run_from(message: pb.Run) -> Run:
     """A Run from its message."""
+    progress = None
+    if message.HasField("progress"):
+        p = message.progress
+        progress = RunProgress(
+            fraction=p.fraction if p.HasField("fraction") else None,
+            message=p.message,
+            reported_at=p.reported_at.ToDatetime(tzinfo=UTC) if p.HasField("reported_at") else None,
+        )
     return Run(
         guard=message.guard,
         operation_id=message.operation_id,
@@ -250,6 +290,84 @@ def run_from(message: pb.Run) -> Run:
         expires_at=message.expires_at.ToDatetime(tzinfo=UTC),
         labels=dict(message.labels),
         principal=message.principal,
+        state="ended" if message.state == pb.RUN_STATE_ENDED else "running",
+        end_reason=_RELEASES.get(message.end_reason),
+        outcome=_OUTCOME_NAMES.get(message.outcome),
+        result=_whole(json_format.MessageToDict(message.result))
+        if message.HasField("result")
+        else None,
+        ended_at=message.ended_at.ToDatetime(tzinfo=UTC) if message.HasField("ended_at") else None,
+        progress=progress,
+        cancel_requested=message.cancel_requested,
+        cancel_reason=message.cancel_reason,
+        cancelled_by=message.cancelled_by,
+    )
+
+
+def _whole(value: Any) -> Any:
+    """A JSON value from a protobuf Value, with whole numbers as ints (a Value only has
+    doubles, so ``{"n": 7}`` would come back as ``{"n": 7.0}``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole(item) for key, item in value.items()}
+    return value
+
+
+def end_request(
+    guard: str,
+    operation_id: str,
+    lease_token: str,
+    *,
+    force: bool = False,
+    outcome: str | None = None,
+    result: Any = None,
+) -> pb.EndRequest:
+    """An End; ``outcome`` one of "succeeded", "failed", "cancelled", ``result`` any JSON value.
+
+    Raises:
+        ValueError: ``outcome`` is none of those.
+    """
+    request = pb.EndRequest(
+        guard=guard, operation_id=operation_id, lease_token=lease_token, force=force
+    )
+    if outcome is not None:
+        if outcome not in _OUTCOME_VALUES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        request.outcome = _OUTCOME_VALUES[outcome]
+    if result is not None:
+        json_format.ParseDict(json_payload(result), request.result)
+    return request
+
+
+def keep_alive_request(
+    guard: str,
+    operation_id: str,
+    lease_token: str,
+    *,
+    ttl: float | None = None,
+    fraction: float | None = None,
+    message: str | None = None,
+) -> pb.KeepAliveRequest:
+    """A KeepAlive, with a progress report when ``fraction`` or ``message`` is given."""
+    request = pb.KeepAliveRequest(guard=guard, operation_id=operation_id, lease_token=lease_token)
+    if ttl is not None:
+        request.ttl.CopyFrom(_duration(ttl))
+    if fraction is not None or message is not None:
+        request.progress.SetInParent()
+        if fraction is not None:
+            request.progress.fraction = fraction
+        request.progress.message = message or ""
+    return request
+
+
+def cancel_result(response: pb.CancelResponse) -> CancelReply:
+    """What Cancel did, and the run as it is now."""
+    return CancelReply(
+        result=_CANCEL_RESULTS.get(response.result, CancelResult.REQUESTED),
+        run=run_from(response.run),
     )
 
 
@@ -318,7 +436,7 @@ def configure_request(
 
 def end_result(response: pb.EndResponse) -> EndResult:
     """End's result."""
-    return EndResult.ENDED if response.result == pb.END_RESULT_ENDED else EndResult.ALREADY_ENDED
+    return _END_RESULTS.get(response.result, EndResult.ALREADY_ENDED)
 
 
 def renew_every(grant: Grant) -> float:
@@ -407,13 +525,113 @@ class Holding:
     How the holder learns that it lost the slot (expired, force-ended): the
     ``lost`` flag turns true at once, the ``on_lost`` callback is called once
     with the LeaseLost error, and leaving the ``with`` block raises it.
+
+    How it learns that somebody asked it to stop (``Client.cancel``): within a
+    second (through the Watch the block keeps open, or the next renewal)
+    ``cancel_requested`` turns true, ``on_cancel`` is called once with the
+    Cancelled error, and ``check()`` raises it. The slot stays held until the
+    block is left; then the run Ends with outcome "cancelled".
+
+    ``report_progress(fraction, message)`` sends progress with a renewal sent at
+    once (at most every ``PROGRESS_SEND_INTERVAL`` seconds; the latest report
+    always goes). ``finish(result, outcome=...)`` sets what the End on leaving
+    the block says; otherwise it says "succeeded" (or "cancelled" once cancel
+    was requested, or "failed" when the block raised).
     """
 
-    def __init__(self, grant: Grant, on_lost: Callable[[LeaseLost], object] | None = None) -> None:
+    def __init__(
+        self,
+        grant: Grant,
+        on_lost: Callable[[LeaseLost], object] | None = None,
+        on_cancel: Callable[[Cancelled], object] | None = None,
+    ) -> None:
         self.grant = grant
         self._on_lost = on_lost
+        self._on_cancel = on_cancel
         self._lock = threading.Lock()
         self._lost: LeaseLost | None = None
+        self._cancelled: Cancelled | None = None
+        self._pending: tuple[float | None, str] | None = None
+        self._sent_at = 0.0
+        self.outcome: str | None = None
+        """What the End on leaving the block says (None: decided when it is left)."""
+        self.result: Any = None
+        """The result the End on leaving the block carries."""
+        self.wake: Callable[[], None] = lambda: None
+        """Set by the client: wakes its renewer to send a progress report now."""
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once somebody asked the run to stop."""
+        return self._cancelled is not None
+
+    def report_progress(self, fraction: float | None = None, message: str = "") -> None:
+        """Report how far the run has got: ``fraction`` in [0, 1] and/or a short message."""
+        if fraction is None and not message:
+            raise ValueError("give a fraction, a message or both")
+        if fraction is not None and not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+        if len(message) > PROGRESS_MESSAGE_MAX_CHARS:
+            raise ValueError(f"message must be at most {PROGRESS_MESSAGE_MAX_CHARS} characters")
+        with self._lock:
+            self._pending = (fraction, message)
+        self.wake()
+
+    def take_progress(self) -> tuple[tuple[float | None, str] | None, float]:
+        """The report to send now (or None), and how long to wait first if it is too soon."""
+        with self._lock:
+            if self._pending is None:
+                return None, 0.0
+            wait = self._sent_at + PROGRESS_SEND_INTERVAL - time.monotonic()
+            if wait > 0:
+                return None, wait
+            pending, self._pending = self._pending, None
+            self._sent_at = time.monotonic()
+            return pending, 0.0
+
+    def finish(self, result: Any = None, *, outcome: str = "succeeded") -> None:
+        """Say how the run went: the End on leaving the block sends ``outcome`` and ``result``."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        self.outcome, self.result = outcome, result
+
+    def end_outcome(self, failed: bool) -> str:
+        """The outcome the End on leaving the block sends."""
+        if self.outcome is not None:
+            return self.outcome
+        if self.cancel_requested:
+            return "cancelled"
+        return "failed" if failed else "succeeded"
+
+    def request_cancel(self, run: Run) -> None:
+        """Record that the run was asked to stop (first time wins) and call ``on_cancel`` once."""
+        with self._lock:
+            if self._cancelled is not None:
+                return
+            why = f": {run.cancel_reason}" if run.cancel_reason else ""
+            by = f" by {run.cancelled_by}" if run.cancelled_by else ""
+            self._cancelled = Cancelled(
+                f"run {run.operation_id!r} of guard {run.guard!r} was asked to stop{by}{why}",
+                reason=run.cancel_reason,
+                by=run.cancelled_by,
+            )
+        if self._on_cancel is not None:
+            self._on_cancel(self._cancelled)
+
+    def cancel_seen(self, event: WatchEvent) -> Run | None:
+        """The run, if a watch event says this run was asked to stop."""
+        mine = self.grant.run.fencing_token
+        if isinstance(event, Change):
+            run = event.run
+            if event.kind == "cancel_requested" and run is not None and run.fencing_token == mine:
+                return run
+            return None
+        if isinstance(event, Snapshot):
+            for state in event.guards:
+                for run in state.holders:
+                    if run.fencing_token == mine and run.cancel_requested:
+                        return run
+        return None
 
     @property
     def run(self) -> Run:
@@ -431,9 +649,12 @@ class Holding:
         return self._lost
 
     def check(self) -> None:
-        """Raise LeaseLost if the slot was lost; call it between steps of long work."""
+        """Raise LeaseLost if the slot was lost, Cancelled if the run was asked to stop;
+        call it between steps of long work."""
         if self._lost is not None:
             raise self._lost
+        if self._cancelled is not None:
+            raise self._cancelled
 
     def lose(self, reason: str) -> None:
         """Record the loss (first reason wins) and call ``on_lost`` once."""

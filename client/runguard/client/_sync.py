@@ -17,17 +17,35 @@ from runguard.client._shared import (
     WaitingBegin,
     WatchCursor,
     begin_request,
+    cancel_result,
     channel_options,
     configure_request,
+    end_request,
     end_result,
     grant_or_raise,
     guard_state,
+    keep_alive_request,
     renew_every,
     retryable,
     run_from,
 )
-from runguard.client.errors import LeaseLost, RunGuardError, Unavailable, error_from_status
-from runguard.client.models import EndResult, Grant, GuardState, Run, Snapshot, WatchEvent
+from runguard.client.errors import (
+    Cancelled,
+    LeaseLost,
+    RunGuardError,
+    RunNotFound,
+    Unavailable,
+    error_from_status,
+)
+from runguard.client.models import (
+    CancelReply,
+    EndResult,
+    Grant,
+    GuardState,
+    Run,
+    Snapshot,
+    WatchEvent,
+)
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
 
@@ -192,39 +210,89 @@ class Client:
             pass  # the server is still unreachable: the run's lease ends it
 
     def end(
-        self, guard: str, operation_id: str, lease_token: str = "", *, force: bool = False
+        self,
+        guard: str,
+        operation_id: str,
+        lease_token: str = "",
+        *,
+        force: bool = False,
+        outcome: str | None = None,
+        result: Any = None,
     ) -> EndResult:
-        """Give a slot back; idempotent (ALREADY_ENDED when it was gone).
+        """Give a slot back; idempotent (ALREADY_ENDED when it was gone, UNKNOWN when the
+        guard never had it).
+
+        Args:
+            outcome: "succeeded", "failed" or "cancelled", kept with the ended run.
+            result: a small JSON value (at most 4 KiB) kept with the ended run, so a
+                duplicate submission and ``get_run`` can show it.
 
         Raises:
             PermissionDenied: the lease token is not the run's.
+            InvalidArgument: the result is too large (``violations`` names it).
         """
-        request = pb.EndRequest(
-            guard=guard, operation_id=operation_id, lease_token=lease_token, force=force
+        request = end_request(
+            guard, operation_id, lease_token, force=force, outcome=outcome, result=result
         )
         return end_result(self._call("End", request))
 
-    def end_grant(self, grant: Grant) -> EndResult:
+    def end_grant(
+        self, grant: Grant, *, outcome: str | None = None, result: Any = None
+    ) -> EndResult:
         """End the run of a grant."""
-        return self.end(grant.run.guard, grant.run.operation_id, grant.lease_token)
+        run = grant.run
+        return self.end(
+            run.guard, run.operation_id, grant.lease_token, outcome=outcome, result=result
+        )
 
     def keep_alive(
-        self, guard: str, operation_id: str, lease_token: str, *, ttl: float | None = None
+        self,
+        guard: str,
+        operation_id: str,
+        lease_token: str,
+        *,
+        ttl: float | None = None,
+        fraction: float | None = None,
+        message: str | None = None,
     ) -> Run:
-        """Extend a lease; returns the run with its new ``expires_at``.
+        """Extend a lease, and report progress when ``fraction`` (0 to 1) or ``message`` is
+        given; returns the run with its new ``expires_at`` (and ``cancel_requested``).
 
         Raises:
             LeaseLost: the run holds no slot any more; stop working.
         """
-        request = pb.KeepAliveRequest(
-            guard=guard, operation_id=operation_id, lease_token=lease_token
+        request = keep_alive_request(
+            guard, operation_id, lease_token, ttl=ttl, fraction=fraction, message=message
         )
-        if ttl is not None:
-            request.ttl.FromNanoseconds(round(ttl * 1e9))
         try:
             return run_from(self._call("KeepAlive", request).run)
         except LeaseLost as error:
             raise LeaseLost(error.message, guard=guard, operation_id=operation_id) from None
+
+    def cancel(self, guard: str, operation_id: str, *, reason: str = "") -> CancelReply:
+        """Ask the holder of a run to stop. Its slot stays held until the holder Ends.
+
+        Raises:
+            RunNotFound: the guard knows no such run.
+            PermissionDenied: the run is another principal's and the caller is no admin.
+        """
+        request = pb.CancelRequest(guard=guard, operation_id=operation_id, reason=reason)
+        try:
+            return cancel_result(self._call("Cancel", request))
+        except LeaseLost as error:
+            raise RunNotFound(error.message, guard=guard, operation_id=operation_id) from None
+
+    def get_run(self, guard: str, operation_id: str) -> Run:
+        """A live run, or an ended one with its outcome and result while the guard keeps it.
+
+        Raises:
+            RunNotFound: the guard knows no such run (any more).
+        """
+        request = pb.GetRunRequest(guard=guard, operation_id=operation_id)
+        try:
+            return run_from(self._call("GetRun", request).run)
+        except LeaseLost as error:
+            raise RunNotFound(error.message, guard=guard, operation_id=operation_id) from None
 
     def configure_guard(
         self,
@@ -292,6 +360,7 @@ class Client:
         wait: float | None = None,
         labels: Mapping[str, str] | None = None,
         on_lost: Callable[[LeaseLost], object] | None = None,
+        on_cancel: Callable[[Cancelled], object] | None = None,
     ) -> Iterator[Holding]:
         """Hold a slot for the ``with`` block: Begin, renew in the background, End on exit.
 
@@ -299,6 +368,12 @@ class Client:
         reports a loss the moment the server frees the slot. When the slot is
         lost, ``holding.lost`` turns true, ``on_lost`` is called, and leaving the
         block raises LeaseLost (unless the block raised first).
+
+        When somebody cancels the run, ``holding.cancel_requested`` turns true,
+        ``on_cancel`` is called and ``holding.check()`` raises Cancelled; the slot
+        stays held until the block is left. The End on leaving says how the run
+        went: what ``holding.finish(...)`` set, else "cancelled" once cancel was
+        requested, "failed" when the block raised, "succeeded" otherwise.
 
         Raises:
             RunRejected: the slot was refused (the block does not run).
@@ -314,41 +389,58 @@ class Client:
             wait=wait,
             labels=labels,
         )
-        holding = Holding(grant, on_lost)
+        holding = Holding(grant, on_lost, on_cancel)
         stop = threading.Event()
+        wake = threading.Event()
+        holding.wake = wake.set
         watch = self.watch([grant.run.guard])
         threads = [
-            threading.Thread(target=self._renew, args=(holding, stop), daemon=True),
+            threading.Thread(target=self._renew, args=(holding, stop, wake), daemon=True),
             threading.Thread(target=self._follow, args=(holding, watch), daemon=True),
         ]
         for thread in threads:
             thread.start()
 
-        def release() -> None:
+        def release(failed: bool) -> None:
             stop.set()
+            wake.set()
             watch.close()
             for thread in threads:
                 thread.join()
             if not holding.lost:
-                self.end_grant(grant)
+                self.end_grant(grant, outcome=holding.end_outcome(failed), result=holding.result)
 
         try:
             yield holding
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(RunGuardError):  # the block's own error wins
-                release()
+                release(failed=not isinstance(error, Cancelled))
             raise
-        release()
-        holding.check()
+        release(failed=False)
+        if holding.lost_error is not None:
+            raise holding.lost_error
 
-    def _renew(self, holding: Holding, stop: threading.Event) -> None:
+    def _renew(self, holding: Holding, stop: threading.Event, wake: threading.Event) -> None:
         grant = holding.grant
-        expires = grant.run.expires_at.timestamp()
-        while not stop.wait(renew_every(grant)):
+        run = grant.run
+        expires = run.expires_at.timestamp()
+        renewal = time.monotonic() + renew_every(grant)
+        while not stop.is_set():
+            report, too_soon = holding.take_progress()
+            due = renewal - time.monotonic()
+            if report is None and due > 0:
+                wake.wait(min(due, too_soon) if too_soon > 0 else due)
+                wake.clear()
+                continue
+            fraction, message = report if report is not None else (None, None)
             try:
-                expires = self.keep_alive(
-                    grant.run.guard, grant.run.operation_id, grant.lease_token
-                ).expires_at.timestamp()
+                renewed = self.keep_alive(
+                    run.guard,
+                    run.operation_id,
+                    grant.lease_token,
+                    fraction=fraction,
+                    message=message,
+                )
             except LeaseLost as error:
                 holding.lose(error.message)
                 return
@@ -356,10 +448,18 @@ class Client:
                 if time.time() >= expires:
                     holding.lose(f"the lease expired while renewals failed: {error.message}")
                     return
+            else:
+                expires = renewed.expires_at.timestamp()
+                if renewed.cancel_requested:
+                    holding.request_cancel(renewed)
+            renewal = time.monotonic() + renew_every(grant)
 
     def _follow(self, holding: Holding, watch: Watch) -> None:
         try:
             for event in watch:
+                asked = holding.cancel_seen(event)
+                if asked is not None:
+                    holding.request_cancel(asked)
                 reason = holding.released(event)
                 if reason is None:
                     continue

@@ -1,10 +1,13 @@
 """The client verbs of the ``runguard`` command: begin, end, keepalive, current, configure,
-guards, watch, run.
+guards, watch, run, cancel, get.
 
 Exit codes: 0 done (granted, ended, ...); 75 refused (a rejected Begin, a lost
 lease: try again later); 1 a fault (bad request, wrong token, server
-unreachable); 2 bad usage. ``runguard run`` passes its command's exit code
-through once it ran. ``--json`` prints one JSON object per line for scripts.
+unreachable, no such run); 2 bad usage. ``runguard run`` passes its command's
+exit code through once it ran (128 + N when a signal N ended it). When its run
+is cancelled (``runguard cancel``), it sends SIGTERM to the command, keeps the
+slot until the command has exited, then Ends with outcome "cancelled".
+``--json`` prints one JSON object per line for scripts.
 
 A server with TLS or tokens: ``--cacert``, ``--cert``, ``--cert-key`` and
 ``--auth-token`` (or ``RUNGUARD_CACERT``, ``RUNGUARD_CERT``, ``RUNGUARD_KEY``,
@@ -30,8 +33,24 @@ from typing import Any
 from runguard.client._connect import ENVIRONMENT, connect_options
 from runguard.client._shared import DEFAULT_TARGET
 from runguard.client._sync import Client
-from runguard.client.errors import InvalidArgument, LeaseLost, RunGuardError, RunRejected
-from runguard.client.models import Change, GuardState, Progress, Run, Snapshot, WatchEvent
+from runguard.client.errors import (
+    Cancelled,
+    InvalidArgument,
+    LeaseLost,
+    RunGuardError,
+    RunNotFound,
+    RunRejected,
+)
+from runguard.client.models import (
+    OUTCOMES,
+    Change,
+    EndResult,
+    GuardState,
+    Progress,
+    Run,
+    Snapshot,
+    WatchEvent,
+)
 
 __all__ = [
     "EXIT_FAULT",
@@ -47,7 +66,18 @@ __all__ = [
 EXIT_FAULT = 1
 EXIT_REFUSED = 75  # EX_TEMPFAIL: refused for now, try again later
 EXIT_CLOSED_PIPE = 141  # what a shell shows for a command ended by SIGPIPE (128 + 13)
-VERBS = ("begin", "end", "keepalive", "current", "configure", "guards", "watch", "run")
+VERBS = (
+    "begin",
+    "end",
+    "keepalive",
+    "current",
+    "configure",
+    "guards",
+    "watch",
+    "run",
+    "cancel",
+    "get",
+)
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -116,8 +146,25 @@ def add_verbs(verbs: Any) -> None:
         verb.add_argument("--token", default="", help="the lease token from begin")
         if name == "end":
             verb.add_argument("--force", action="store_true", help="free without the token")
+            verb.add_argument("--outcome", choices=OUTCOMES, help="how the run went")
+            verb.add_argument(
+                "--result", type=_json_value, help="a small JSON result kept with the run"
+            )
         else:
             verb.add_argument("--ttl", type=float, help="new lease seconds")
+            verb.add_argument("--fraction", type=float, help="progress: how much is done, 0 to 1")
+            verb.add_argument("--message", help="progress: a short sentence for people")
+
+    cancel = verbs.add_parser(
+        "cancel", parents=[common], help="ask a run to stop (its slot stays held until it ends)"
+    )
+    cancel.add_argument("guard")
+    cancel.add_argument("operation_id")
+    cancel.add_argument("--reason", default="", help="why, shown to the holder and watchers")
+
+    get = verbs.add_parser("get", parents=[common], help="show a live or recently ended run")
+    get.add_argument("guard")
+    get.add_argument("operation_id")
 
     current = verbs.add_parser("current", parents=[common], help="show a guard's holders")
     current.add_argument("guard", nargs="?", default="")
@@ -182,11 +229,33 @@ def _emit(as_json: bool, text: str, data: dict[str, Any]) -> None:
 
 
 def _run_text(run: Run) -> str:
-    return (
+    text = (
         f"{run.guard} {run.operation_id} fencing={run.fencing_token} "
         f"expires={run.expires_at.isoformat(timespec='seconds')}"
         + (f" by={run.principal}" if run.principal else "")
     )
+    return text + _life_text(run)
+
+
+def _life_text(run: Run) -> str:
+    """How far a run got, whether it was asked to stop, and how it ended."""
+    text = ""
+    if run.progress is not None:
+        if run.progress.fraction is not None:
+            text += f" progress={run.progress.fraction:.0%}"
+        if run.progress.message:
+            text += f" {json.dumps(run.progress.message)}"
+    if run.cancel_requested:
+        text += " cancel-requested" + (
+            f" ({json.dumps(run.cancel_reason)})" if run.cancel_reason else ""
+        )
+    if run.state == "ended":
+        text += f" end_reason={run.end_reason}"
+        if run.outcome is not None:
+            text += f" outcome={run.outcome}"
+        if run.result is not None:
+            text += f" result={json.dumps(run.result, sort_keys=True)}"
+    return text
 
 
 def _state_text(state: GuardState) -> str:
@@ -222,6 +291,10 @@ def _refused(args: argparse.Namespace, error: RunGuardError) -> int:
         if error.retry_after is not None:
             data["retry_after"] = error.retry_after
         text = f"rejected {error.reason}: {error.message}"
+        if error.duplicate_of is not None:
+            data["duplicate_of"] = _plain(error.duplicate_of)
+            earlier = error.duplicate_of
+            text += f"\nearlier run: {earlier.operation_id} {earlier.state}{_life_text(earlier)}"
     else:
         text = f"lease lost: {error.message}"
     _emit(args.json, text, data)
@@ -248,14 +321,47 @@ def _begin(client: Client, args: argparse.Namespace) -> int:
 
 
 def _end(client: Client, args: argparse.Namespace) -> int:
-    result = client.end(args.guard, args.operation_id, args.token, force=args.force)
-    _emit(args.json, result.value.replace("_", " "), {"result": result.value})
+    result = client.end(
+        args.guard,
+        args.operation_id,
+        args.token,
+        force=args.force,
+        outcome=args.outcome,
+        result=args.result,
+    )
+    text = result.value.replace("_", " ")
+    if result is EndResult.UNKNOWN:
+        text += ": the guard has no run of that operation_id (never granted, or long forgotten)"
+    _emit(args.json, text, {"result": result.value})
     return 0
 
 
 def _keepalive(client: Client, args: argparse.Namespace) -> int:
-    run = client.keep_alive(args.guard, args.operation_id, args.token, ttl=args.ttl)
+    run = client.keep_alive(
+        args.guard,
+        args.operation_id,
+        args.token,
+        ttl=args.ttl,
+        fraction=args.fraction,
+        message=args.message,
+    )
     _emit(args.json, f"renewed {_run_text(run)}", {"run": _plain(run)})
+    return 0
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    reply = client.cancel(args.guard, args.operation_id, reason=args.reason)
+    _emit(
+        args.json,
+        f"{reply.result.value.replace('_', ' ')} {_run_text(reply.run)}",
+        {"result": reply.result.value, "run": _plain(reply.run)},
+    )
+    return 0
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    run = client.get_run(args.guard, args.operation_id)
+    _emit(args.json, f"{run.state} {_run_text(run)}", {"run": _plain(run)})
     return 0
 
 
@@ -307,7 +413,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     child: list[subprocess.Popen[bytes]] = []
     started = threading.Event()
 
-    def stop_child(error: LeaseLost) -> None:
+    def stop_child(error: LeaseLost | Cancelled) -> None:
         print(f"runguard run: {error.message}; stopping the command", file=sys.stderr)
         started.wait()
         child[0].terminate()
@@ -323,6 +429,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         wait=args.wait,
         labels=dict(args.label),
         on_lost=stop_child,
+        on_cancel=stop_child,
     ) as holding:
         child.append(subprocess.Popen(command))
         started.set()
@@ -333,6 +440,19 @@ def _run(client: Client, args: argparse.Namespace) -> int:
             forward()
         if holding.lost:
             return EXIT_REFUSED
+        code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as shells say
+        # The slot is given back only now that the command has exited.
+        if holding.cancel_requested:
+            outcome = "cancelled"
+        else:
+            outcome = "succeeded" if code == 0 else "failed"
+        holding.finish({"exit_code": code}, outcome=outcome)
+    if holding.cancel_requested:
+        _emit(
+            args.json,
+            f"cancelled: the command exited with {code}; the run ended cancelled",
+            {"outcome": "cancelled", "exit_code": code},
+        )
     return code
 
 
@@ -358,6 +478,8 @@ _HANDLERS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
     "guards": _guards,
     "watch": _watch,
     "run": _run,
+    "cancel": _cancel,
+    "get": _get,
 }
 
 
@@ -376,6 +498,9 @@ def run_verb(args: argparse.Namespace) -> int:
     try:
         with Client(args.target, timeout=args.timeout, **options) as client:
             return _HANDLERS[args.verb](client, args)
+    except RunNotFound as error:
+        print(f"runguard {args.verb}: no such run: {error.message}", file=sys.stderr)
+        return EXIT_FAULT
     except (RunRejected, LeaseLost) as error:
         return _refused(args, error)
     except InvalidArgument as error:

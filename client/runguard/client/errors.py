@@ -7,6 +7,8 @@ that turns a gRPC status into one of them.
     ├── RunRejected         Begin was refused: reason "in_flight", "duplicate",
     │                       "wait_timeout" or "queue_full" (a typed outcome, not a fault)
     ├── LeaseLost           the run no longer holds its slot (NOT_FOUND, or seen by a watch)
+    │   └── RunNotFound     GetRun or Cancel: the guard knows no such run (NOT_FOUND)
+    ├── Cancelled           ``holding.check()``: somebody asked the run to stop
     ├── InvalidArgument     INVALID_ARGUMENT, with the server's field violations
     ├── PermissionDenied    PERMISSION_DENIED: wrong lease token, or a role the caller lacks
     ├── Unauthenticated     UNAUTHENTICATED: no credentials, or ones the server does not know
@@ -30,10 +32,12 @@ if TYPE_CHECKING:
 __all__ = [
     "AlreadyExists",
     "CallFailed",
+    "Cancelled",
     "InvalidArgument",
     "LeaseLost",
     "PermissionDenied",
     "RunGuardError",
+    "RunNotFound",
     "RunRejected",
     "Unauthenticated",
     "Unavailable",
@@ -78,6 +82,21 @@ class RunRejected(RunGuardError):
         self.retry_after = retry_after
         self.duplicate_of = duplicate_of
 
+    @property
+    def earlier_state(self) -> str | None:
+        """For ``duplicate``: "running" or "ended", the state of the run accepted earlier."""
+        return None if self.duplicate_of is None else self.duplicate_of.state
+
+    @property
+    def earlier_outcome(self) -> str | None:
+        """For ``duplicate``: how the earlier run ended ("succeeded", ...), when it has."""
+        return None if self.duplicate_of is None else self.duplicate_of.outcome
+
+    @property
+    def earlier_result(self) -> object:
+        """For ``duplicate``: the result the earlier run ended with (None if none yet)."""
+        return None if self.duplicate_of is None else self.duplicate_of.result
+
 
 class LeaseLost(RunGuardError):
     """The run holds no slot any more; a worker that gets this must stop."""
@@ -86,6 +105,21 @@ class LeaseLost(RunGuardError):
         super().__init__(message)
         self.guard = guard
         self.operation_id = operation_id
+
+
+class RunNotFound(LeaseLost):
+    """GetRun or Cancel named a run the guard does not know (never granted, or ended longer
+    ago than its dedup entry lasts)."""
+
+
+class Cancelled(RunGuardError):
+    """Somebody asked the run to stop (``Client.cancel``): wind down, and leave the ``run``
+    block; it Ends the run with outcome "cancelled"."""
+
+    def __init__(self, message: str, *, reason: str = "", by: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.by = by
 
 
 class InvalidArgument(RunGuardError):

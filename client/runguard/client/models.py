@@ -6,14 +6,33 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+OUTCOMES = ("succeeded", "failed", "cancelled")
+"""What End's ``outcome`` may say about a run (None: not said)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunProgress:
+    """How far a run has got, as its holder last reported it."""
+
+    fraction: float | None
+    """From 0 to 1; None when the holder only gave a message."""
+    message: str
+    reported_at: datetime | None
+
 
 __all__ = [
+    "OUTCOMES",
+    "CancelReply",
+    "CancelResult",
     "Change",
     "EndResult",
     "Grant",
     "GuardState",
     "Progress",
     "Run",
+    "RunProgress",
     "Snapshot",
     "WatchEvent",
 ]
@@ -32,6 +51,21 @@ class Run:
     labels: Mapping[str, str] = field(default_factory=dict)
     principal: str = ""
     """Who was granted the run, as the server authenticated it ("" without auth)."""
+    state: str = "running"
+    """"running" while it holds its slot, "ended" after."""
+    end_reason: str | None = None
+    """For an ended run: "ended", "expired" or "forced"."""
+    outcome: str | None = None
+    """For an ended run: "succeeded", "failed" or "cancelled", when End said so."""
+    result: Any = None
+    """For an ended run: the result End gave (plain JSON values), or None."""
+    ended_at: datetime | None = None
+    progress: RunProgress | None = None
+    """The latest progress its holder reported."""
+    cancel_requested: bool = False
+    """True once somebody asked the run to stop (see ``Client.cancel``)."""
+    cancel_reason: str = ""
+    cancelled_by: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +85,24 @@ class EndResult(enum.Enum):
     """This call freed the slot."""
     ALREADY_ENDED = "already_ended"
     """The run was already gone."""
+    UNKNOWN = "unknown"
+    """The guard knows no run of that operation_id (never granted, or forgotten since)."""
+
+
+class CancelResult(enum.Enum):
+    """What Cancel did."""
+
+    REQUESTED = "requested"
+    ALREADY_REQUESTED = "already_requested"
+    ALREADY_ENDED = "already_ended"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelReply:
+    """What Cancel did, and the run as it is now (still holding its slot, or ended)."""
+
+    result: CancelResult
+    run: Run
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +135,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Change:
-    """One slot change: ``kind`` "acquired" or "released" (then ``reason`` says how), or
+    """One change: ``kind`` "acquired" or "released" (then ``reason`` says how),
+    "progressed" (``run.progress`` is the latest report), "cancel_requested", or
     "configured" (an operator changed the guard's settings; ``run`` is None)."""
 
     epoch: str

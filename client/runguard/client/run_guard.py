@@ -11,6 +11,15 @@
     finally:
         run_guard.end_run(operation_id)
 
+What the seed's UI needed, added beside its calls (the old ones work unchanged)::
+
+    run_guard.report_progress(operation_id, 0.4, "frame 40 of 100")  # True: asked to stop
+    run_guard.end_run(operation_id, outcome="succeeded", result={"batch": path})
+    run_guard.cancel_run(operation_id, reason="user pressed stop")   # the job stops itself
+    run_guard.get_run(operation_id)          # a second tab: progress, or how it ended
+    except RunRejected as rejected:          # a double submit:
+        rejected.earlier_state, rejected.earlier_result   # "ended", {"batch": ...}
+
 Same names, signatures and meaning as the seed: single-flight per guard (one
 guard, capacity 1 on the server by default), a dedup window counted from the
 accepted run's start, a stale slot freed after ``RUN_MAX_SECS``. What changes:
@@ -37,17 +46,23 @@ from typing import Optional  # the seed's own signatures
 from runguard.client._connect import connect_options_from_env
 from runguard.client._shared import DEFAULT_TARGET, json_payload
 from runguard.client._sync import Client
-from runguard.client.errors import AlreadyExists, RunRejected
+from runguard.client.errors import AlreadyExists, RunNotFound, RunRejected
+from runguard.client.models import CancelReply, Run
 from runguard.server.core.fingerprint import fingerprint as _canonical_fingerprint
 
 __all__ = [
     "DEDUP_WINDOW_SECS",
     "MAX_RUN_SECS",
+    "RunNotFound",
     "RunRejected",
     "begin_run",
+    "cancel_requested",
+    "cancel_run",
     "current_run",
     "end_run",
     "fingerprint",
+    "get_run",
+    "report_progress",
 ]
 
 DEDUP_WINDOW_SECS = float(os.environ.get("RUN_DEDUP_WINDOW_SECS", "5"))
@@ -119,16 +134,74 @@ def begin_run(operation_id: str, route: str, payload: object) -> _ActiveRun:
     )
 
 
-def end_run(operation_id: str) -> None:
-    """Release the slot. Idempotent — safe to call from a ``finally`` block."""
+def end_run(
+    operation_id: str,
+    outcome: Optional[str] = None,  # noqa: UP045  # the seed's style
+    result: object = None,
+) -> None:
+    """Release the slot. Idempotent — safe to call from a ``finally`` block.
+
+    ``outcome`` ("succeeded", "failed" or "cancelled") and a small JSON ``result``
+    are kept with the ended run, so a double submit and ``get_run`` can show them.
+    """
     with _lock:
         token = _tokens.get(operation_id)
     if token is None:
         return  # not ours (or already ended): the seed changed nothing either
     client, guard = _connection()
-    client.end(guard, operation_id, token)
+    client.end(guard, operation_id, token, outcome=outcome, result=result)
     with _lock:  # only once End got through, so a failed end_run can be repeated
         _tokens.pop(operation_id, None)
+
+
+def report_progress(
+    operation_id: str,
+    fraction: Optional[float] = None,  # noqa: UP045  # the seed's style
+    message: str = "",
+) -> bool:
+    """Report how far this process's run has got (``fraction`` 0 to 1 and/or a message);
+    it renews the run's lease too. Returns True once somebody asked the run to stop
+    (``cancel_run``): wind down, then ``end_run(operation_id, outcome="cancelled")``.
+
+    Raises:
+        LeaseLost: the run holds no slot any more (it expired or was force-ended).
+        ValueError: ``operation_id`` is not a run this process began.
+    """
+    with _lock:
+        token = _tokens.get(operation_id)
+    if token is None:
+        raise ValueError(f"operation_id {operation_id!r} is not a run this process began")
+    client, guard = _connection()
+    run = client.keep_alive(guard, operation_id, token, fraction=fraction, message=message or None)
+    return run.cancel_requested
+
+
+def cancel_run(operation_id: str, reason: str = "") -> CancelReply:
+    """Ask a run to stop. Its slot stays held until its job ends it (the job learns of it
+    from ``report_progress`` or ``cancel_requested``), so two jobs never run at once.
+
+    Raises:
+        RunNotFound: no such run (or it ended longer ago than the dedup window).
+        PermissionDenied: the run is another principal's and this one is no admin.
+    """
+    client, guard = _connection()
+    return client.cancel(guard, operation_id, reason=reason)
+
+
+def cancel_requested(operation_id: str) -> bool:
+    """True once somebody asked the run to stop (see ``cancel_run``)."""
+    return get_run(operation_id).cancel_requested
+
+
+def get_run(operation_id: str) -> Run:
+    """The run: live (with its latest ``progress``), or ended (``outcome``, ``result``)
+    while the guard keeps it (its dedup window).
+
+    Raises:
+        RunNotFound: no such run (any more).
+    """
+    client, guard = _connection()
+    return client.get_run(guard, operation_id)
 
 
 def current_run() -> Optional[str]:  # noqa: UP045  # the seed's own signature

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .runguard_pb2 import BeginRequest, BeginResponse, ConfigureGuardRequest, ConfigureGuardResponse, CurrentRequest, CurrentResponse, EndRequest, EndResponse, KeepAliveRequest, KeepAliveResponse, ListGuardsRequest, ListGuardsResponse, WatchRequest, WatchResponse
+from .runguard_pb2 import BeginRequest, BeginResponse, CancelRequest, CancelResponse, ConfigureGuardRequest, ConfigureGuardResponse, CurrentRequest, CurrentResponse, EndRequest, EndResponse, GetRunRequest, GetRunResponse, KeepAliveRequest, KeepAliveResponse, ListGuardsRequest, ListGuardsResponse, WatchRequest, WatchResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
@@ -95,6 +95,27 @@ class RunGuardService(Protocol):
     async def list_guards(self, request: ListGuardsRequest, ctx: RequestContext[ListGuardsRequest, ListGuardsResponse], /) -> ListGuardsResponse:
         """
         ListGuards pages through the guards the store holds, by name.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def cancel(self, request: CancelRequest, ctx: RequestContext[CancelRequest, CancelResponse], /) -> CancelResponse:
+        """
+        Cancel asks the holder of a run to stop: the run is marked
+        `cancel_requested`, which its holder sees in KeepAlive's response and
+        watchers see as a CANCEL_REQUESTED change. The slot stays held until the
+        holder Ends (with outcome CANCELLED) or its lease runs out: cancelling
+        never lets a second job start while the first still runs (force End is the
+        last resort for that). Allowed to the role `admin` and to the principal
+        that holds the run; anybody else gets PERMISSION_DENIED. A run that is not
+        known is NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_run(self, request: GetRunRequest, ctx: RequestContext[GetRunRequest, GetRunResponse], /) -> GetRunResponse:
+        """
+        GetRun shows a live run, or an ended one for as long as its dedup entry is
+        kept (the guard's dedup window, counted from the run's start), with its
+        outcome and result. Never its lease token. NOT_FOUND once it is gone.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -188,6 +209,28 @@ class RunGuardServiceASGIApplication(ConnectASGIApplication[RunGuardService]):
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.list_guards,
+                ),
+                "/runguard.v1.RunGuardService/Cancel": Endpoint.unary(
+                    method=MethodInfo(
+                        name="Cancel",
+                        service_name="runguard.v1.RunGuardService",
+                        input=CancelRequest,
+                        output=CancelResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.cancel,
+                ),
+                "/runguard.v1.RunGuardService/GetRun": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetRun",
+                        service_name="runguard.v1.RunGuardService",
+                        input=GetRunRequest,
+                        output=GetRunResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_run,
                 ),
             },
             interceptors=interceptors,
@@ -406,6 +449,61 @@ class RunGuardServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def cancel(
+        self,
+        request: CancelRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CancelResponse:
+        """
+        Cancel asks the holder of a run to stop: the run is marked
+        `cancel_requested`, which its holder sees in KeepAlive's response and
+        watchers see as a CANCEL_REQUESTED change. The slot stays held until the
+        holder Ends (with outcome CANCELLED) or its lease runs out: cancelling
+        never lets a second job start while the first still runs (force End is the
+        last resort for that). Allowed to the role `admin` and to the principal
+        that holds the run; anybody else gets PERMISSION_DENIED. A run that is not
+        known is NOT_FOUND.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="Cancel",
+                service_name="runguard.v1.RunGuardService",
+                input=CancelRequest,
+                output=CancelResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def get_run(
+        self,
+        request: GetRunRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetRunResponse:
+        """
+        GetRun shows a live run, or an ended one for as long as its dedup entry is
+        kept (the guard's dedup window, counted from the run's start), with its
+        outcome and result. Never its lease token. NOT_FOUND once it is gone.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetRun",
+                service_name="runguard.v1.RunGuardService",
+                input=GetRunRequest,
+                output=GetRunResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
 
 class RunGuardServiceSync(Protocol):
     """
@@ -465,6 +563,27 @@ class RunGuardServiceSync(Protocol):
     def list_guards(self, request: ListGuardsRequest, ctx: RequestContext[ListGuardsRequest, ListGuardsResponse], /) -> ListGuardsResponse:
         """
         ListGuards pages through the guards the store holds, by name.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def cancel(self, request: CancelRequest, ctx: RequestContext[CancelRequest, CancelResponse], /) -> CancelResponse:
+        """
+        Cancel asks the holder of a run to stop: the run is marked
+        `cancel_requested`, which its holder sees in KeepAlive's response and
+        watchers see as a CANCEL_REQUESTED change. The slot stays held until the
+        holder Ends (with outcome CANCELLED) or its lease runs out: cancelling
+        never lets a second job start while the first still runs (force End is the
+        last resort for that). Allowed to the role `admin` and to the principal
+        that holds the run; anybody else gets PERMISSION_DENIED. A run that is not
+        known is NOT_FOUND.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_run(self, request: GetRunRequest, ctx: RequestContext[GetRunRequest, GetRunResponse], /) -> GetRunResponse:
+        """
+        GetRun shows a live run, or an ended one for as long as its dedup entry is
+        kept (the guard's dedup window, counted from the run's start), with its
+        outcome and result. Never its lease token. NOT_FOUND once it is gone.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -556,6 +675,28 @@ class RunGuardServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.list_guards,
+                ),
+                "/runguard.v1.RunGuardService/Cancel": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="Cancel",
+                        service_name="runguard.v1.RunGuardService",
+                        input=CancelRequest,
+                        output=CancelResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.cancel,
+                ),
+                "/runguard.v1.RunGuardService/GetRun": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetRun",
+                        service_name="runguard.v1.RunGuardService",
+                        input=GetRunRequest,
+                        output=GetRunResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_run,
                 ),
             },
             interceptors=interceptors,
@@ -768,6 +909,61 @@ class RunGuardServiceClientSync(ConnectClientSync):
                 service_name="runguard.v1.RunGuardService",
                 input=ListGuardsRequest,
                 output=ListGuardsResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def cancel(
+        self,
+        request: CancelRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> CancelResponse:
+        """
+        Cancel asks the holder of a run to stop: the run is marked
+        `cancel_requested`, which its holder sees in KeepAlive's response and
+        watchers see as a CANCEL_REQUESTED change. The slot stays held until the
+        holder Ends (with outcome CANCELLED) or its lease runs out: cancelling
+        never lets a second job start while the first still runs (force End is the
+        last resort for that). Allowed to the role `admin` and to the principal
+        that holds the run; anybody else gets PERMISSION_DENIED. A run that is not
+        known is NOT_FOUND.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="Cancel",
+                service_name="runguard.v1.RunGuardService",
+                input=CancelRequest,
+                output=CancelResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    def get_run(
+        self,
+        request: GetRunRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> GetRunResponse:
+        """
+        GetRun shows a live run, or an ended one for as long as its dedup entry is
+        kept (the guard's dedup window, counted from the run's start), with its
+        outcome and result. Never its lease token. NOT_FOUND once it is gone.
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetRun",
+                service_name="runguard.v1.RunGuardService",
+                input=GetRunRequest,
+                output=GetRunResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.UNARY,
             ),

@@ -21,12 +21,34 @@ class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECTION_REASON_QUEUE_FULL: _ClassVar[RejectionReason]
     REJECTION_REASON_NOT_HELD: _ClassVar[RejectionReason]
 
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_RUNNING: _ClassVar[RunState]
+    RUN_STATE_ENDED: _ClassVar[RunState]
+
+class RunOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_OUTCOME_UNSPECIFIED: _ClassVar[RunOutcome]
+    RUN_OUTCOME_SUCCEEDED: _ClassVar[RunOutcome]
+    RUN_OUTCOME_FAILED: _ClassVar[RunOutcome]
+    RUN_OUTCOME_CANCELLED: _ClassVar[RunOutcome]
+
+class CancelResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANCEL_RESULT_UNSPECIFIED: _ClassVar[CancelResult]
+    CANCEL_RESULT_REQUESTED: _ClassVar[CancelResult]
+    CANCEL_RESULT_ALREADY_REQUESTED: _ClassVar[CancelResult]
+    CANCEL_RESULT_ALREADY_ENDED: _ClassVar[CancelResult]
+
 class ChangeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CHANGE_KIND_UNSPECIFIED: _ClassVar[ChangeKind]
     CHANGE_KIND_ACQUIRED: _ClassVar[ChangeKind]
     CHANGE_KIND_RELEASED: _ClassVar[ChangeKind]
     CHANGE_KIND_CONFIGURED: _ClassVar[ChangeKind]
+    CHANGE_KIND_PROGRESSED: _ClassVar[ChangeKind]
+    CHANGE_KIND_CANCEL_REQUESTED: _ClassVar[ChangeKind]
 
 class ReleaseReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,16 +62,30 @@ class EndResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     END_RESULT_UNSPECIFIED: _ClassVar[EndResult]
     END_RESULT_ENDED: _ClassVar[EndResult]
     END_RESULT_ALREADY_ENDED: _ClassVar[EndResult]
+    END_RESULT_UNKNOWN: _ClassVar[EndResult]
 REJECTION_REASON_UNSPECIFIED: RejectionReason
 REJECTION_REASON_IN_FLIGHT: RejectionReason
 REJECTION_REASON_DUPLICATE: RejectionReason
 REJECTION_REASON_WAIT_TIMEOUT: RejectionReason
 REJECTION_REASON_QUEUE_FULL: RejectionReason
 REJECTION_REASON_NOT_HELD: RejectionReason
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_RUNNING: RunState
+RUN_STATE_ENDED: RunState
+RUN_OUTCOME_UNSPECIFIED: RunOutcome
+RUN_OUTCOME_SUCCEEDED: RunOutcome
+RUN_OUTCOME_FAILED: RunOutcome
+RUN_OUTCOME_CANCELLED: RunOutcome
+CANCEL_RESULT_UNSPECIFIED: CancelResult
+CANCEL_RESULT_REQUESTED: CancelResult
+CANCEL_RESULT_ALREADY_REQUESTED: CancelResult
+CANCEL_RESULT_ALREADY_ENDED: CancelResult
 CHANGE_KIND_UNSPECIFIED: ChangeKind
 CHANGE_KIND_ACQUIRED: ChangeKind
 CHANGE_KIND_RELEASED: ChangeKind
 CHANGE_KIND_CONFIGURED: ChangeKind
+CHANGE_KIND_PROGRESSED: ChangeKind
+CHANGE_KIND_CANCEL_REQUESTED: ChangeKind
 RELEASE_REASON_UNSPECIFIED: ReleaseReason
 RELEASE_REASON_ENDED: ReleaseReason
 RELEASE_REASON_EXPIRED: ReleaseReason
@@ -57,9 +93,10 @@ RELEASE_REASON_FORCED: ReleaseReason
 END_RESULT_UNSPECIFIED: EndResult
 END_RESULT_ENDED: EndResult
 END_RESULT_ALREADY_ENDED: EndResult
+END_RESULT_UNKNOWN: EndResult
 
 class Run(_message.Message):
-    __slots__ = ("guard", "operation_id", "fingerprint", "fencing_token", "started_at", "expires_at", "labels", "principal")
+    __slots__ = ("guard", "operation_id", "fingerprint", "fencing_token", "started_at", "expires_at", "labels", "principal", "state", "end_reason", "outcome", "result", "ended_at", "progress", "cancel_requested", "cancel_reason", "cancelled_by")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +112,15 @@ class Run(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REASON_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_BY_FIELD_NUMBER: _ClassVar[int]
     guard: str
     operation_id: str
     fingerprint: str
@@ -83,7 +129,26 @@ class Run(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
     principal: str
-    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fencing_token: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., principal: _Optional[str] = ...) -> None: ...
+    state: RunState
+    end_reason: ReleaseReason
+    outcome: RunOutcome
+    result: _struct_pb2.Value
+    ended_at: _timestamp_pb2.Timestamp
+    progress: RunProgress
+    cancel_requested: bool
+    cancel_reason: str
+    cancelled_by: str
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., fingerprint: _Optional[str] = ..., fencing_token: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., principal: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., end_reason: _Optional[_Union[ReleaseReason, str]] = ..., outcome: _Optional[_Union[RunOutcome, str]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[RunProgress, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., cancel_reason: _Optional[str] = ..., cancelled_by: _Optional[str] = ...) -> None: ...
+
+class RunProgress(_message.Message):
+    __slots__ = ("fraction", "message", "reported_at")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    message: str
+    reported_at: _timestamp_pb2.Timestamp
+    def __init__(self, fraction: _Optional[float] = ..., message: _Optional[str] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GuardState(_message.Message):
     __slots__ = ("guard", "capacity", "holders", "queue_length", "dedup_window", "max_queue", "configured")
@@ -165,40 +230,50 @@ class BeginResponse(_message.Message):
     def __init__(self, granted: _Optional[_Union[Granted, _Mapping]] = ..., rejected: _Optional[_Union[Rejection, _Mapping]] = ...) -> None: ...
 
 class EndRequest(_message.Message):
-    __slots__ = ("guard", "operation_id", "lease_token", "force")
+    __slots__ = ("guard", "operation_id", "lease_token", "force", "outcome", "result")
     GUARD_FIELD_NUMBER: _ClassVar[int]
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     guard: str
     operation_id: str
     lease_token: str
     force: bool
-    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+    outcome: RunOutcome
+    result: _struct_pb2.Value
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., force: _Optional[bool] = ..., outcome: _Optional[_Union[RunOutcome, str]] = ..., result: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
 
 class EndResponse(_message.Message):
-    __slots__ = ("result",)
+    __slots__ = ("result", "run")
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     result: EndResult
-    def __init__(self, result: _Optional[_Union[EndResult, str]] = ...) -> None: ...
+    run: Run
+    def __init__(self, result: _Optional[_Union[EndResult, str]] = ..., run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class KeepAliveRequest(_message.Message):
-    __slots__ = ("guard", "operation_id", "lease_token", "ttl")
+    __slots__ = ("guard", "operation_id", "lease_token", "ttl", "progress")
     GUARD_FIELD_NUMBER: _ClassVar[int]
     OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     guard: str
     operation_id: str
     lease_token: str
     ttl: _duration_pb2.Duration
-    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    progress: RunProgress
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., lease_token: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., progress: _Optional[_Union[RunProgress, _Mapping]] = ...) -> None: ...
 
 class KeepAliveResponse(_message.Message):
-    __slots__ = ("run",)
+    __slots__ = ("run", "cancel_requested")
     RUN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     run: Run
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+    cancel_requested: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., cancel_requested: _Optional[bool] = ...) -> None: ...
 
 class CurrentRequest(_message.Message):
     __slots__ = ("guard",)
@@ -313,3 +388,35 @@ class ListGuardsResponse(_message.Message):
     revision: int
     epoch: str
     def __init__(self, guards: _Optional[_Iterable[_Union[GuardState, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("guard", "operation_id", "reason")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    operation_id: str
+    reason: str
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("result", "run")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    result: CancelResult
+    run: Run
+    def __init__(self, result: _Optional[_Union[CancelResult, str]] = ..., run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("guard", "operation_id")
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    guard: str
+    operation_id: str
+    def __init__(self, guard: _Optional[str] = ..., operation_id: _Optional[str] = ...) -> None: ...
+
+class GetRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...

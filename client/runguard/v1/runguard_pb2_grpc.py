@@ -70,6 +70,16 @@ class RunGuardServiceStub:
                 request_serializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsRequest.SerializeToString,
                 response_deserializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsResponse.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/runguard.v1.RunGuardService/Cancel',
+                request_serializer=runguard_dot_v1_dot_runguard__pb2.CancelRequest.SerializeToString,
+                response_deserializer=runguard_dot_v1_dot_runguard__pb2.CancelResponse.FromString,
+                _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/runguard.v1.RunGuardService/GetRun',
+                request_serializer=runguard_dot_v1_dot_runguard__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=runguard_dot_v1_dot_runguard__pb2.GetRunResponse.FromString,
+                _registered_method=True)
 
 
 class RunGuardServiceServicer:
@@ -140,6 +150,29 @@ class RunGuardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """Cancel asks the holder of a run to stop: the run is marked
+        `cancel_requested`, which its holder sees in KeepAlive's response and
+        watchers see as a CANCEL_REQUESTED change. The slot stays held until the
+        holder Ends (with outcome CANCELLED) or its lease runs out: cancelling
+        never lets a second job start while the first still runs (force End is the
+        last resort for that). Allowed to the role `admin` and to the principal
+        that holds the run; anybody else gets PERMISSION_DENIED. A run that is not
+        known is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """GetRun shows a live run, or an ended one for as long as its dedup entry is
+        kept (the guard's dedup window, counted from the run's start), with its
+        outcome and result. Never its lease token. NOT_FOUND once it is gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunGuardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +210,16 @@ def add_RunGuardServiceServicer_to_server(servicer, server):
                     servicer.ListGuards,
                     request_deserializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsRequest.FromString,
                     response_serializer=runguard_dot_v1_dot_runguard__pb2.ListGuardsResponse.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=runguard_dot_v1_dot_runguard__pb2.CancelRequest.FromString,
+                    response_serializer=runguard_dot_v1_dot_runguard__pb2.CancelResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=runguard_dot_v1_dot_runguard__pb2.GetRunRequest.FromString,
+                    response_serializer=runguard_dot_v1_dot_runguard__pb2.GetRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -369,6 +412,60 @@ class RunGuardService:
             '/runguard.v1.RunGuardService/ListGuards',
             runguard_dot_v1_dot_runguard__pb2.ListGuardsRequest.SerializeToString,
             runguard_dot_v1_dot_runguard__pb2.ListGuardsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runguard.v1.RunGuardService/Cancel',
+            runguard_dot_v1_dot_runguard__pb2.CancelRequest.SerializeToString,
+            runguard_dot_v1_dot_runguard__pb2.CancelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runguard.v1.RunGuardService/GetRun',
+            runguard_dot_v1_dot_runguard__pb2.GetRunRequest.SerializeToString,
+            runguard_dot_v1_dot_runguard__pb2.GetRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,9 +14,9 @@ certificate comes with it.
 
 Roles::
 
-    run     Begin, End, KeepAlive, Current, Watch
-    watch   Current, Watch
-    admin   everything, and End with ``force``
+    run     Begin, End, KeepAlive, Current, Watch, GetRun; Cancel of its own runs
+    watch   Current, Watch, GetRun
+    admin   everything: End with ``force``, Cancel of anybody's run
 
 The token file, one principal's token per line (``#`` starts a comment)::
 
@@ -84,11 +84,12 @@ class Role(enum.Enum):
     """What a principal may do."""
 
     RUN = "run"
-    """Take, renew and give back slots, and look at them: Begin, End, KeepAlive, Current, Watch."""
+    """Take, renew and give back slots, and look at them: Begin, End, KeepAlive, Current,
+    Watch, GetRun; and Cancel its own runs."""
     WATCH = "watch"
-    """Only look: Current and Watch."""
+    """Only look: Current, Watch and GetRun."""
     ADMIN = "admin"
-    """Everything, and End with ``force``."""
+    """Everything, End with ``force``, and Cancel of anybody's run."""
 
 
 ALL_ROLES = frozenset(Role)
@@ -99,6 +100,9 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     "KeepAlive": frozenset({Role.RUN, Role.ADMIN}),
     "Current": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
     "Watch": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
+    "GetRun": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
+    # A `run` principal may only cancel its own runs; the core checks whose it is.
+    "Cancel": frozenset({Role.RUN, Role.ADMIN}),
     "ListGuards": frozenset({Role.RUN, Role.WATCH, Role.ADMIN}),
     "ConfigureGuard": frozenset({Role.ADMIN}),
 }

@@ -3,8 +3,9 @@ except into ``Granted``, the one message that carries them."""
 
 from __future__ import annotations
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from runguard.server.core import (
+    CancelResult,
     ChangeKind,
     EndResult,
     Granted,
@@ -13,6 +14,7 @@ from runguard.server.core import (
     RejectionReason,
     ReleaseReason,
     Run,
+    RunOutcome,
 )
 from runguard.server.hub import Progress, Snapshot, WatchEvent
 from runguard.v1 import runguard_pb2 as pb
@@ -20,6 +22,7 @@ from runguard.v1 import runguard_pb2 as pb
 __all__ = [
     "SNAPSHOT_PART_BYTES",
     "begin_response",
+    "cancel_response",
     "duration",
     "end_response",
     "run_message",
@@ -43,13 +46,29 @@ _KIND = {
     ChangeKind.ACQUIRED: pb.CHANGE_KIND_ACQUIRED,
     ChangeKind.RELEASED: pb.CHANGE_KIND_RELEASED,
     ChangeKind.CONFIGURED: pb.CHANGE_KIND_CONFIGURED,
+    ChangeKind.PROGRESSED: pb.CHANGE_KIND_PROGRESSED,
+    ChangeKind.CANCEL_REQUESTED: pb.CHANGE_KIND_CANCEL_REQUESTED,
 }
 _RELEASE = {
     ReleaseReason.ENDED: pb.RELEASE_REASON_ENDED,
     ReleaseReason.EXPIRED: pb.RELEASE_REASON_EXPIRED,
     ReleaseReason.FORCED: pb.RELEASE_REASON_FORCED,
 }
-_END = {EndResult.ENDED: pb.END_RESULT_ENDED, EndResult.ALREADY_ENDED: pb.END_RESULT_ALREADY_ENDED}
+_END = {
+    EndResult.ENDED: pb.END_RESULT_ENDED,
+    EndResult.ALREADY_ENDED: pb.END_RESULT_ALREADY_ENDED,
+    EndResult.UNKNOWN: pb.END_RESULT_UNKNOWN,
+}
+_OUTCOME = {
+    RunOutcome.SUCCEEDED: pb.RUN_OUTCOME_SUCCEEDED,
+    RunOutcome.FAILED: pb.RUN_OUTCOME_FAILED,
+    RunOutcome.CANCELLED: pb.RUN_OUTCOME_CANCELLED,
+}
+_CANCEL = {
+    CancelResult.REQUESTED: pb.CANCEL_RESULT_REQUESTED,
+    CancelResult.ALREADY_REQUESTED: pb.CANCEL_RESULT_ALREADY_REQUESTED,
+    CancelResult.ALREADY_ENDED: pb.CANCEL_RESULT_ALREADY_ENDED,
+}
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -67,8 +86,8 @@ def duration(seconds: float) -> duration_pb2.Duration:
 
 
 def run_message(run: Run) -> pb.Run:
-    """A run as anybody may see it."""
-    return pb.Run(
+    """A run as anybody may see it: live, or ended with its outcome and result."""
+    message = pb.Run(
         guard=run.guard,
         operation_id=run.operation_id,
         fingerprint=run.fingerprint,
@@ -77,7 +96,27 @@ def run_message(run: Run) -> pb.Run:
         expires_at=timestamp(run.expires_at),
         labels=dict(run.labels),
         principal=run.principal,
+        state=pb.RUN_STATE_RUNNING if run.ending is None else pb.RUN_STATE_ENDED,
     )
+    if run.progress is not None:
+        progress = message.progress
+        if run.progress.fraction is not None:
+            progress.fraction = run.progress.fraction
+        progress.message = run.progress.message
+        progress.reported_at.CopyFrom(timestamp(run.progress.at))
+    if run.cancel is not None:
+        message.cancel_requested = True
+        message.cancel_reason = run.cancel.reason
+        message.cancelled_by = run.cancel.by
+    ending = run.ending
+    if ending is not None:
+        message.end_reason = _RELEASE[ending.reason]
+        message.ended_at.CopyFrom(timestamp(ending.at))
+        if ending.outcome is not None:
+            message.outcome = _OUTCOME[ending.outcome]
+        if ending.result:
+            message.result.CopyFrom(json_format.Parse(ending.result, struct_pb2.Value()))
+    return message
 
 
 def state_message(view: GuardView) -> pb.GuardState:
@@ -115,9 +154,17 @@ def begin_response(outcome: Granted | Rejection) -> pb.BeginResponse:
     return pb.BeginResponse(rejected=rejected)
 
 
-def end_response(result: EndResult) -> pb.EndResponse:
-    """End's result."""
-    return pb.EndResponse(result=_END[result])
+def end_response(result: EndResult, run: Run | None = None) -> pb.EndResponse:
+    """End's result, with the ended run when the guard still keeps it."""
+    response = pb.EndResponse(result=_END[result])
+    if run is not None:
+        response.run.CopyFrom(run_message(run))
+    return response
+
+
+def cancel_response(result: CancelResult, run: Run) -> pb.CancelResponse:
+    """Cancel's result and the run as it is now."""
+    return pb.CancelResponse(result=_CANCEL[result], run=run_message(run))
 
 
 _CHANGE_MESSAGES: dict[int, tuple[WatchEvent, str, pb.WatchResponse]] = {}

@@ -28,6 +28,7 @@ from runguard.server import core
 from runguard.server.config import ServerConfig
 from runguard.server.core import (
     BeginCommand,
+    CancelResult,
     ChangeKind,
     EndResult,
     GuardDoc,
@@ -39,10 +40,13 @@ from runguard.server.core import (
     Rejection,
     ReleaseReason,
     Run,
+    RunOutcome,
+    RunProgress,
     Transition,
 )
 from runguard.server.errors import (
     RunGuardError,
+    RunNotFound,
     ShuttingDown,
     StoreUnavailable,
     TooManyGuards,
@@ -385,10 +389,34 @@ class Coordinator:
         self, guard: str, operation_id: str, lease_token: str, *, force: bool = False
     ) -> EndResult:
         """Give a slot back; idempotent."""
+        result, _ = await self.end_run(guard, operation_id, lease_token, force=force)
+        return result
+
+    async def end_run(
+        self,
+        guard: str,
+        operation_id: str,
+        lease_token: str,
+        *,
+        force: bool = False,
+        outcome: RunOutcome | None = None,
+        result: str = "",
+    ) -> tuple[EndResult, Run | None]:
+        """Give a slot back, keeping ``outcome`` and ``result`` (JSON text) with the run.
+
+        Returns what End did and the ended run, when the guard (still) keeps it.
+        """
         transition, _ = await self._apply(
             guard,
             lambda doc, now: core.end(
-                doc, self.defaults, operation_id, lease_token, now, force=force
+                doc,
+                self.defaults,
+                operation_id,
+                lease_token,
+                now,
+                force=force,
+                outcome=outcome,
+                result=result,
             ),
         )
         self.metrics.ends.labels(self.metrics.guard(guard), transition.outcome.value).inc()
@@ -397,21 +425,77 @@ class Coordinator:
             guard=guard,
             operation_id=operation_id,
             result=transition.outcome.value,
+            outcome=None if outcome is None else outcome.value,
             force=force,
         )
-        return transition.outcome
+        ended = next(
+            (
+                c.run
+                for c in transition.changes
+                if c.kind is ChangeKind.RELEASED
+                and c.run is not None
+                and c.run.operation_id == operation_id
+            ),
+            None,
+        )
+        if ended is None and transition.outcome is EndResult.ALREADY_ENDED:
+            try:
+                ended = core.find_run(transition.doc, self.defaults, operation_id, self._clock())
+            except RunNotFound:
+                ended = None
+        return transition.outcome, ended
 
     async def keep_alive(
-        self, guard: str, operation_id: str, lease_token: str, ttl: float | None
+        self,
+        guard: str,
+        operation_id: str,
+        lease_token: str,
+        ttl: float | None,
+        progress: RunProgress | None = None,
     ) -> Run:
-        """Extend a lease."""
+        """Extend a lease, and record the holder's progress when given."""
         transition, _ = await self._apply(
             guard,
             lambda doc, now: core.keep_alive(
-                doc, self.defaults, operation_id, lease_token, now, ttl=ttl
+                doc, self.defaults, operation_id, lease_token, now, ttl=ttl, progress=progress
             ),
         )
         return transition.outcome
+
+    async def cancel(
+        self, guard: str, operation_id: str, *, reason: str, principal: str, admin: bool
+    ) -> tuple[CancelResult, Run]:
+        """Ask a run to stop (its slot stays held until its holder Ends).
+
+        Raises:
+            NotPermitted: ``principal`` is neither ``admin`` nor the run's own.
+            RunNotFound: the guard knows no such run.
+        """
+        transition, _ = await self._apply(
+            guard,
+            lambda doc, now: core.cancel(
+                doc, self.defaults, operation_id, now, reason=reason, by=principal, admin=admin
+            ),
+        )
+        result, run = transition.outcome
+        log.info(
+            "cancel",
+            guard=guard,
+            operation_id=operation_id,
+            result=result.value,
+            by=principal,
+            reason=reason,
+        )
+        return result, run
+
+    async def get_run(self, guard: str, operation_id: str) -> Run:
+        """A live or recently ended run (the guard settled first).
+
+        Raises:
+            RunNotFound: the guard knows no such run.
+        """
+        transition, _ = await self._settle(guard)
+        return core.find_run(transition.doc, self.defaults, operation_id, self._clock())
 
     async def current(self, guard: str) -> tuple[GuardView, int]:
         """The guard's state (settled first) and the revision it is as of."""

@@ -10,6 +10,7 @@ The servicer maps these to gRPC status codes through one table
     ├── InvalidArgument        INVALID_ARGUMENT, with one FieldViolation per bad field
     ├── LeaseLost              NOT_FOUND: the run no longer holds its slot
     ├── LeaseMismatch          PERMISSION_DENIED: wrong lease token for a live run
+    ├── RunNotFound            NOT_FOUND: GetRun or Cancel of a run the guard does not know
     ├── OperationConflict      ALREADY_EXISTS: operation_id names another submission
     ├── Unauthenticated        UNAUTHENTICATED: no credentials, or ones the server does not know
     ├── NotPermitted           PERMISSION_DENIED: the principal lacks the role the call needs
@@ -33,6 +34,7 @@ __all__ = [
     "NotPermitted",
     "OperationConflict",
     "RunGuardError",
+    "RunNotFound",
     "ShuttingDown",
     "StoreError",
     "StoreUnavailable",
@@ -71,6 +73,17 @@ class LeaseLost(RunGuardError):
         self.operation_id = operation_id
         self.reason = reason
         super().__init__(f"run {operation_id!r} of guard {guard!r} holds no slot: {reason}")
+
+
+class RunNotFound(RunGuardError):
+    """No run of that operation_id is live or kept (ended runs last as long as their dedup
+    entry)."""
+
+    def __init__(self, guard: str, operation_id: str, reason: str) -> None:
+        self.guard = guard
+        self.operation_id = operation_id
+        self.reason = reason
+        super().__init__(f"run {operation_id!r} of guard {guard!r} is not known: {reason}")
 
 
 class LeaseMismatch(RunGuardError):

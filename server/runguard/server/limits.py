@@ -7,6 +7,7 @@ import re
 from runguard.server.config import GUARD_PATTERN
 
 __all__ = [
+    "CANCEL_REASON_MAX_CHARS",
     "DEDUP_WINDOW_MAX",
     "EPOCH_MAX_CHARS",
     "GUARD_PATTERN",
@@ -21,6 +22,8 @@ __all__ = [
     "OPERATION_ID_PATTERN",
     "PAYLOAD_MAX_BYTES",
     "PAYLOAD_MAX_DEPTH",
+    "PROGRESS_MESSAGE_MAX_CHARS",
+    "RESULT_MAX_BYTES",
     "ROUTE_MAX_CHARS",
     "WATCH_GUARDS_MAX",
 ]
@@ -58,6 +61,14 @@ WATCH_GUARDS_MAX = 1000
 EPOCH_MAX_CHARS = 64
 """An epoch: at most 64 characters."""
 
+RESULT_MAX_BYTES = 4 * 1024
+"""An End's result: at most 4 KiB as serialized protobuf (and 32 levels deep)."""
+
+PROGRESS_MESSAGE_MAX_CHARS = 256
+"""A progress message: at most 256 characters, no control characters."""
+
+CANCEL_REASON_MAX_CHARS = 256
+"""A Cancel's reason: at most 256 characters, no control characters."""
 DEDUP_WINDOW_MAX = 30 * 24 * 3600.0
 """ConfigureGuard's dedup_window: at most 30 days."""
 

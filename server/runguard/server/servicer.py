@@ -32,7 +32,7 @@ import grpc
 import structlog
 from google.protobuf.message import Message
 from runguard.server import convert
-from runguard.server.auth import audit, current_principal
+from runguard.server.auth import Role, audit, current_principal
 from runguard.server.coordinator import Coordinator
 from runguard.server.core import GuardSettings
 from runguard.server.errors import (
@@ -47,9 +47,11 @@ from runguard.server.validation import (
     WatchArgs,
     page_token,
     parse_begin,
+    parse_cancel,
     parse_configure,
     parse_current,
     parse_end,
+    parse_get_run,
     parse_keep_alive,
     parse_list,
     parse_watch,
@@ -190,8 +192,13 @@ class RunGuardServicer:
     @_mapped
     async def End(self, request: pb.EndRequest, context: Context) -> pb.EndResponse:
         args = parse_end(request)
-        result = await self._coordinator.end(
-            args.guard, args.operation_id, args.lease_token, force=args.force
+        result, run = await self._coordinator.end_run(
+            args.guard,
+            args.operation_id,
+            args.lease_token,
+            force=args.force,
+            outcome=args.outcome,
+            result=args.result,
         )
         if args.force:
             audit(
@@ -202,7 +209,7 @@ class RunGuardServicer:
                 action="force",
                 result=result.value,
             )
-        return convert.end_response(result)
+        return convert.end_response(result, run)
 
     @_mapped
     async def KeepAlive(
@@ -210,9 +217,38 @@ class RunGuardServicer:
     ) -> pb.KeepAliveResponse:
         args = parse_keep_alive(request, self._config)
         run = await self._coordinator.keep_alive(
-            args.guard, args.operation_id, args.lease_token, args.ttl
+            args.guard, args.operation_id, args.lease_token, args.ttl, args.progress
         )
-        return pb.KeepAliveResponse(run=convert.run_message(run))
+        return pb.KeepAliveResponse(
+            run=convert.run_message(run), cancel_requested=run.cancel is not None
+        )
+
+    @_mapped
+    async def Cancel(self, request: pb.CancelRequest, context: Context) -> pb.CancelResponse:
+        args = parse_cancel(request)
+        principal = current_principal()
+        result, run = await self._coordinator.cancel(
+            args.guard,
+            args.operation_id,
+            reason=args.reason,
+            principal=principal.name,
+            admin=Role.ADMIN in principal.roles,
+        )
+        audit(
+            "Cancel",
+            request,
+            principal=principal,
+            peer=context.peer(),
+            action="cancel",
+            result=result.value,
+        )
+        return convert.cancel_response(result, run)
+
+    @_mapped
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        args = parse_get_run(request)
+        run = await self._coordinator.get_run(args.guard, args.operation_id)
+        return pb.GetRunResponse(run=convert.run_message(run))
 
     @_mapped
     async def Current(self, request: pb.CurrentRequest, context: Context) -> pb.CurrentResponse:

@@ -14,10 +14,18 @@ from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, struct_pb2
 from runguard.server.config import DEFAULT_GUARD, ServerConfig
-from runguard.server.core import CAPACITY_MAX, Labels, fingerprint
+from runguard.server.core import (
+    CAPACITY_MAX,
+    Labels,
+    RunOutcome,
+    RunProgress,
+    canonical_json,
+    fingerprint,
+)
 from runguard.server.core.fingerprint import JSONValue, key_fingerprint
 from runguard.server.errors import FieldViolation, InvalidArgument
 from runguard.server.limits import (
+    CANCEL_REASON_MAX_CHARS,
     DEDUP_WINDOW_MAX,
     EPOCH_MAX_CHARS,
     GUARD_PATTERN,
@@ -32,6 +40,8 @@ from runguard.server.limits import (
     OPERATION_ID_PATTERN,
     PAYLOAD_MAX_BYTES,
     PAYLOAD_MAX_DEPTH,
+    PROGRESS_MESSAGE_MAX_CHARS,
+    RESULT_MAX_BYTES,
     ROUTE_MAX_CHARS,
     WATCH_GUARDS_MAX,
 )
@@ -39,19 +49,29 @@ from runguard.v1 import runguard_pb2 as pb
 
 __all__ = [
     "BeginArgs",
+    "CancelArgs",
     "ConfigureArgs",
     "EndArgs",
     "KeepAliveArgs",
     "ListArgs",
+    "RunArgs",
     "WatchArgs",
     "parse_begin",
+    "parse_cancel",
     "parse_configure",
     "parse_current",
     "parse_end",
+    "parse_get_run",
     "parse_keep_alive",
     "parse_list",
     "parse_watch",
 ]
+
+_OUTCOMES: dict[int, RunOutcome] = {
+    pb.RUN_OUTCOME_SUCCEEDED: RunOutcome.SUCCEEDED,
+    pb.RUN_OUTCOME_FAILED: RunOutcome.FAILED,
+    pb.RUN_OUTCOME_CANCELLED: RunOutcome.CANCELLED,
+}
 
 
 class _Checker:
@@ -123,16 +143,35 @@ class _Checker:
             self.text(f"labels[{key[:64]!r}]", value, LABEL_VALUE_MAX_CHARS)
         return tuple(sorted(labels.items()))
 
-    def payload(self, value: struct_pb2.Value) -> JSONValue:
+    def payload(
+        self, value: struct_pb2.Value, field: str = "payload", limit: int = PAYLOAD_MAX_BYTES
+    ) -> JSONValue:
         size = value.ByteSize()
-        if size > PAYLOAD_MAX_BYTES:
-            self.bad("payload", f"must be at most {PAYLOAD_MAX_BYTES} bytes, got {size}")
+        if size > limit:
+            self.bad(field, f"must be at most {limit} bytes, got {size}")
             return None
         try:
             return _json(value, 0)
         except ValueError as error:
-            self.bad("payload", str(error))
+            self.bad(field, str(error))
             return None
+
+    def outcome(self, value: int) -> RunOutcome | None:
+        if value == pb.RUN_OUTCOME_UNSPECIFIED:
+            return None
+        found = _OUTCOMES.get(value)
+        if found is None:
+            self.bad("outcome", f"must be SUCCEEDED, FAILED or CANCELLED (or unset), got {value}")
+        return found
+
+    def progress(self, value: pb.RunProgress) -> RunProgress:
+        fraction = value.fraction if value.HasField("fraction") else None
+        if fraction is not None and not 0 <= fraction <= 1:  # NaN fails both comparisons
+            self.bad("progress.fraction", f"must be a number in [0, 1], got {fraction!r}")
+        message = self.text("progress.message", value.message, PROGRESS_MESSAGE_MAX_CHARS)
+        if fraction is None and not message:
+            self.bad("progress", "set fraction, message or both")
+        return RunProgress(fraction=fraction, message=message)
 
 
 def _json(value: struct_pb2.Value, depth: int) -> JSONValue:
@@ -204,12 +243,14 @@ def parse_begin(request: pb.BeginRequest, config: ServerConfig) -> BeginArgs:
 
 @dataclass(frozen=True, slots=True)
 class EndArgs:
-    """A valid End."""
+    """A valid End; ``result`` is canonical JSON text ("" when none was given)."""
 
     guard: str
     operation_id: str
     lease_token: str
     force: bool
+    outcome: RunOutcome | None = None
+    result: str = ""
 
 
 def parse_end(request: pb.EndRequest) -> EndArgs:
@@ -218,8 +259,15 @@ def parse_end(request: pb.EndRequest) -> EndArgs:
     guard = check.guard("guard", request.guard)
     operation_id = check.operation_id("operation_id", request.operation_id, required=True)
     token = check.lease_token(request.lease_token, required=not request.force)
+    outcome = check.outcome(request.outcome)
+    result = ""
+    if request.HasField("result"):
+        violations = len(check.violations)
+        value = check.payload(request.result, "result", RESULT_MAX_BYTES)
+        if len(check.violations) == violations:
+            result = canonical_json(value)
     check.done()
-    return EndArgs(guard, operation_id, token, request.force)
+    return EndArgs(guard, operation_id, token, request.force, outcome, result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +278,7 @@ class KeepAliveArgs:
     operation_id: str
     lease_token: str
     ttl: float | None
+    progress: RunProgress | None = None
 
 
 def parse_keep_alive(request: pb.KeepAliveRequest, config: ServerConfig) -> KeepAliveArgs:
@@ -243,8 +292,45 @@ def parse_keep_alive(request: pb.KeepAliveRequest, config: ServerConfig) -> Keep
         if request.HasField("ttl")
         else None
     )
+    progress = check.progress(request.progress) if request.HasField("progress") else None
     check.done()
-    return KeepAliveArgs(guard, operation_id, token, ttl)
+    return KeepAliveArgs(guard, operation_id, token, ttl, progress)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelArgs:
+    """A valid Cancel."""
+
+    guard: str
+    operation_id: str
+    reason: str
+
+
+def parse_cancel(request: pb.CancelRequest) -> CancelArgs:
+    """Validate a Cancel. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    guard = check.guard("guard", request.guard)
+    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    reason = check.text("reason", request.reason, CANCEL_REASON_MAX_CHARS)
+    check.done()
+    return CancelArgs(guard, operation_id, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class RunArgs:
+    """A valid GetRun."""
+
+    guard: str
+    operation_id: str
+
+
+def parse_get_run(request: pb.GetRunRequest) -> RunArgs:
+    """Validate a GetRun. Raises InvalidArgument naming each bad field."""
+    check = _Checker()
+    guard = check.guard("guard", request.guard)
+    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    check.done()
+    return RunArgs(guard, operation_id)
 
 
 def parse_current(request: pb.CurrentRequest) -> str:

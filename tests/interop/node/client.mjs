@@ -8,6 +8,11 @@
 //       (ENDED), End ENDED, End again ALREADY_ENDED.
 //   node client.mjs ADDRESS begin GUARD ROUTE PAYLOAD_JSON
 //       One Begin of PAYLOAD_JSON (any JSON text) on GUARD and ROUTE.
+//   node client.mjs ADDRESS life GUARD
+//       A run's life on GUARD: progress reported with KeepAlive and seen by a
+//       Watch as PROGRESSED, a Cancel seen as CANCEL_REQUESTED and in KeepAlive's
+//       response, End with outcome CANCELLED and a result, a DUPLICATE pointing
+//       at the ended run, GetRun of it, and End of a run never held (UNKNOWN).
 //
 // Prints one JSON object per line per step and exits 0; on any failure it
 // prints {"step": "error", ...} on stderr and exits 1.
@@ -71,6 +76,28 @@ function toValue(json) {
       };
     default:
       throw new TypeError(`not a JSON value: ${typeof json}`);
+  }
+}
+
+// Decodes a google.protobuf.Value message back into plain JSON.
+function fromValue(value) {
+  switch (value.kind) {
+    case "nullValue":
+      return null;
+    case "numberValue":
+      return value.numberValue;
+    case "stringValue":
+      return value.stringValue;
+    case "boolValue":
+      return value.boolValue;
+    case "listValue":
+      return (value.listValue.values ?? []).map(fromValue);
+    case "structValue":
+      return Object.fromEntries(
+        Object.entries(value.structValue.fields ?? {}).map(([k, v]) => [k, fromValue(v)]),
+      );
+    default:
+      return undefined;
   }
 }
 
@@ -200,6 +227,95 @@ async function scenario(client) {
   print({ step: "end_again", result: again.result });
 }
 
+// Opens a Watch of one guard; `until(kind)` settles with the first change of that kind.
+function changes(client, guard) {
+  const call = client.Watch({ guards: [guard] }, deadline());
+  const seen = [];
+  const waiting = [];
+  let opened;
+  const snapshot = new Promise((ok) => {
+    opened = ok;
+  });
+  call.on("error", (error) => {
+    if (error.code !== grpc.status.CANCELLED) for (const w of waiting) w.fail(error);
+  });
+  call.on("data", (message) => {
+    if (message.event === "snapshot") opened(message.snapshot);
+    if (message.event !== "change") return;
+    seen.push(message.change);
+    for (const w of waiting.filter((w) => w.kind === message.change.kind)) {
+      waiting.splice(waiting.indexOf(w), 1);
+      w.ok(message.change);
+    }
+  });
+  function until(kind) {
+    const found = seen.find((change) => change.kind === kind);
+    if (found) return Promise.resolve(found);
+    return new Promise((ok, fail) => waiting.push({ kind, ok, fail }));
+  }
+  return { call, snapshot, until };
+}
+
+function runLine(run) {
+  return {
+    operation_id: run.operation_id,
+    state: run.state,
+    end_reason: run.end_reason,
+    outcome: run.outcome,
+    result: run.result ? fromValue(run.result) : null,
+    has_ended_at: Boolean(run.ended_at),
+    progress: run.progress
+      ? { fraction: run.progress.fraction ?? null, message: run.progress.message }
+      : null,
+    cancel_requested: run.cancel_requested,
+    cancel_reason: run.cancel_reason,
+  };
+}
+
+async function life(client, guard) {
+  const route = "/interop/life";
+  const payload = toValue({ job: "life" });
+  const begun = await unary(client, "Begin", { guard, operation_id: "node-job", route, payload });
+  const token = begun.granted.lease_token;
+  const held = { guard, operation_id: "node-job", lease_token: token };
+  const watcher = changes(client, guard);
+  await watcher.snapshot;
+
+  await unary(client, "KeepAlive", { ...held, progress: { fraction: 0.5, message: "half" } });
+  const progressed = await watcher.until("CHANGE_KIND_PROGRESSED");
+  print({ step: "progressed", run: runLine(progressed.run) });
+
+  const cancelled = await unary(client, "Cancel", { guard, operation_id: "node-job", reason: "stop" });
+  const requested = await watcher.until("CHANGE_KIND_CANCEL_REQUESTED");
+  const renewed = await unary(client, "KeepAlive", held);
+  print({
+    step: "cancel",
+    result: cancelled.result,
+    change_holders: requested.state.holders.map((run) => run.operation_id),
+    keep_alive_cancel_requested: renewed.cancel_requested,
+  });
+
+  const ended = await unary(client, "End", {
+    ...held,
+    outcome: "RUN_OUTCOME_CANCELLED",
+    result: toValue({ frames: 3 }),
+  });
+  const released = await watcher.until("CHANGE_KIND_RELEASED");
+  print({ step: "end", result: ended.result, released: runLine(released.run) });
+  watcher.call.cancel();
+
+  const again = await unary(client, "Begin", { guard, route, payload });
+  print({
+    step: "duplicate",
+    reason: again.rejected.reason,
+    duplicate_of: runLine(again.rejected.duplicate_of),
+  });
+  const got = await unary(client, "GetRun", { guard, operation_id: "node-job" });
+  print({ step: "get_run", run: runLine(got.run) });
+  const unknown = await unary(client, "End", { guard, operation_id: "never-held", lease_token: "x" });
+  print({ step: "end_unknown", result: unknown.result });
+}
+
 async function beginOnce(client, guard, route, payloadText) {
   const payload = JSON.parse(payloadText);
   const response = await unary(client, "Begin", { guard, route, payload: toValue(payload) });
@@ -213,6 +329,7 @@ async function main(argv) {
   try {
     if (command === undefined) await scenario(client);
     else if (command === "begin" && rest.length === 3) await beginOnce(client, ...rest);
+    else if (command === "life" && rest.length === 1) await life(client, ...rest);
     else throw new Error(`unknown command: ${[command, ...rest].join(" ")}`);
   } finally {
     client.close();

@@ -8,6 +8,7 @@ the run, idempotent End and the stale-slot watchdog.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from runguard.server.core import (
     BeginCommand,
     Change,
     ChangeKind,
+    Ending,
     EndResult,
     Granted,
     GuardDoc,
@@ -41,6 +43,11 @@ T0 = 1_000.0
 
 SEED = GuardPolicy()
 """The seed's rules: single flight, 5 s dedup window, 1800 s watchdog."""
+
+
+def ended(run: Run, reason: ReleaseReason, at: float) -> Run:
+    """``run`` as a RELEASED change (and its dedup entry) show it once it left its slot."""
+    return dataclasses.replace(run, ending=Ending(reason=reason, at=at))
 
 
 def new_doc(next_fencing: int = 1) -> GuardDoc:
@@ -178,7 +185,9 @@ def test_same_submission_within_window_is_duplicate_even_after_the_run_ended() -
 
     rejection = rejected(t)
     assert rejection.reason is RejectionReason.DUPLICATE
-    assert rejection.duplicate_of == run
+    assert rejection.duplicate_of == dataclasses.replace(
+        run, ending=Ending(reason=ReleaseReason.ENDED, at=T0 + 1)
+    )
     assert rejection.retry_after == 3.0
     assert rejection.holders == ()
     assert "op-1" in rejection.message
@@ -257,7 +266,7 @@ def test_end_frees_the_slot() -> None:
     assert t.changes == (
         Change(
             kind=ChangeKind.RELEASED,
-            run=run,
+            run=ended(run, ReleaseReason.ENDED, T0 + 3),
             state=GuardView(
                 guard="g", capacity=1, holders=(), queue_length=0, dedup_window=5.0, max_queue=1000
             ),
@@ -282,12 +291,12 @@ def test_end_is_idempotent() -> None:
 
 
 def test_end_of_another_operation_changes_nothing() -> None:
-    """End naming an operation_id that holds no slot leaves the holder alone."""
+    """End naming an operation_id the guard never had is UNKNOWN and leaves the holder alone."""
     doc, run = hold(new_doc(), SEED, cmd("op-1"), T0)
 
     t = end(doc, SEED, "op-2", "tok-op-2", T0 + 1)
 
-    assert t.outcome is EndResult.ALREADY_ENDED
+    assert t.outcome is EndResult.UNKNOWN
     assert not t.dirty
     assert t.doc is doc
     assert [h.run for h in t.doc.holders] == [run]
@@ -321,16 +330,27 @@ def test_force_end_frees_the_slot_without_the_token(token: str) -> None:
 
     assert t.outcome is EndResult.ENDED
     assert [(c.kind, c.run, c.reason) for c in t.changes] == [
-        (ChangeKind.RELEASED, run, ReleaseReason.FORCED)
+        (ChangeKind.RELEASED, ended(run, ReleaseReason.FORCED, T0 + 1), ReleaseReason.FORCED)
     ]
     assert t.doc.holders == ()
 
 
 def test_force_end_of_a_gone_run_is_already_ended() -> None:
     """A forced End of a run that holds nothing is ALREADY_ENDED, like any End."""
-    t = end(new_doc(), SEED, "op-1", "", T0, force=True)
+    doc, _ = hold(new_doc(), SEED, cmd("op-1"), T0)
+    doc = end(doc, SEED, "op-1", "tok-op-1", T0 + 1).doc
+
+    t = end(doc, SEED, "op-1", "", T0 + 2, force=True)
 
     assert t.outcome is EndResult.ALREADY_ENDED
+    assert not t.dirty
+
+
+def test_force_end_of_a_run_never_had_is_unknown() -> None:
+    """A forced End of an operation_id the guard never had is UNKNOWN and writes nothing."""
+    t = end(new_doc(), SEED, "op-1", "", T0, force=True)
+
+    assert t.outcome is EndResult.UNKNOWN
     assert not t.dirty
 
 
@@ -357,7 +377,7 @@ def test_lease_expires_at_expires_at_and_not_before(at: float, expired: bool) ->
         assert t.changes == (
             Change(
                 kind=ChangeKind.RELEASED,
-                run=run,
+                run=ended(run, ReleaseReason.EXPIRED, T0 + 10),
                 state=GuardView(
                     guard="g",
                     capacity=1,
@@ -578,7 +598,7 @@ def test_end_hands_the_slot_to_the_head_of_the_queue_in_the_same_transition() ->
     assert t.changes == (
         Change(
             kind=ChangeKind.RELEASED,
-            run=run1,
+            run=ended(run1, ReleaseReason.ENDED, T0 + 4),
             state=GuardView(
                 guard="g", capacity=1, holders=(), queue_length=1, dedup_window=5.0, max_queue=1000
             ),

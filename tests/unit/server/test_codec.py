@@ -10,18 +10,24 @@ from hypothesis import strategies as st
 from runguard.server.core import (
     Accepted,
     BeginCommand,
+    Cancellation,
     Change,
     ChangeKind,
+    Ending,
     GuardDoc,
     GuardPolicy,
     GuardView,
     Holder,
     ReleaseReason,
     Run,
+    RunOutcome,
+    RunProgress,
     Tombstone,
     Waiter,
     begin,
+    cancel,
     end,
+    keep_alive,
 )
 from runguard.server.stores.codec import (
     CodecError,
@@ -45,6 +51,22 @@ RUNS = st.builds(
     started_at=TIMES,
     expires_at=TIMES,
     labels=LABELS,
+    progress=st.none()
+    | st.builds(
+        RunProgress,
+        fraction=st.none() | st.floats(min_value=0, max_value=1),
+        message=TEXT,
+        at=TIMES,
+    ),
+    cancel=st.none() | st.builds(Cancellation, reason=TEXT, by=TEXT, at=TIMES),
+    ending=st.none()
+    | st.builds(
+        Ending,
+        reason=st.sampled_from(ReleaseReason),
+        at=TIMES,
+        outcome=st.none() | st.sampled_from(RunOutcome),
+        result=TEXT,
+    ),
 )
 WAITERS = st.builds(
     Waiter,
@@ -61,9 +83,17 @@ DOCS = st.builds(
     GuardDoc,
     name=TEXT,
     next_fencing=st.integers(min_value=0, max_value=2**62),
-    holders=st.lists(st.builds(Holder, run=RUNS, lease_token=TEXT, ttl=TIMES), max_size=3).map(
-        tuple
-    ),
+    holders=st.lists(
+        st.builds(
+            Holder,
+            run=RUNS,
+            lease_token=TEXT,
+            ttl=TIMES,
+            progress_shown_at=st.none() | TIMES,
+            progress_due=st.none() | TIMES,
+        ),
+        max_size=3,
+    ).map(tuple),
     queue=st.lists(WAITERS, max_size=3).map(tuple),
     accepted=st.lists(st.builds(Accepted, run=RUNS, accepted_at=TIMES), max_size=3).map(
         lambda entries: {a.run.fingerprint: a for a in entries}
@@ -138,7 +168,10 @@ def test_documents_made_by_the_core_round_trip() -> None:
             BeginCommand(operation_id="b", fingerprint="f2", lease_token="t2", wait=30, owner="r1"),
             2.25,
         ),
-        lambda d: end(d, policy, "a", "t1", 3.125),
+        lambda d: keep_alive(d, policy, "a", "t1", 2.5, progress=RunProgress(fraction=0.5)),
+        lambda d: keep_alive(d, policy, "a", "t1", 2.75, progress=RunProgress(message="m")),
+        lambda d: cancel(d, policy, "a", 2.875, reason="stop", by="alice", admin=True),
+        lambda d: end(d, policy, "a", "t1", 3.125, outcome=RunOutcome.CANCELLED, result='{"n":1}'),
     ]
     for step in steps:
         transition = step(doc)
@@ -148,6 +181,12 @@ def test_documents_made_by_the_core_round_trip() -> None:
             assert decode_change(encode_change(change), 0) == change
     assert doc.tombstones
     assert doc.accepted
+    kept = doc.accepted["f1"].run
+    assert kept.ending == Ending(
+        reason=ReleaseReason.ENDED, at=3.125, outcome=RunOutcome.CANCELLED, result='{"n":1}'
+    )
+    assert kept.cancel == Cancellation(reason="stop", by="alice", at=2.875)
+    assert kept.progress == RunProgress(message="m", at=2.75)
 
 
 def test_a_document_written_before_waiters_had_owners_reads_with_no_owner() -> None:

@@ -25,6 +25,10 @@ class ChangeKind(enum.Enum):
     """A run left its slot; the change's ``reason`` says how."""
     CONFIGURED = "configured"
     """An operator changed the guard's settings (capacity, dedup window, queue limit)."""
+    PROGRESSED = "progressed"
+    """The holder reported progress (coalesced per run, see ``PROGRESS_INTERVAL``)."""
+    CANCEL_REQUESTED = "cancel_requested"
+    """Somebody asked the run to stop; it still holds its slot."""
 
 
 class ReleaseReason(enum.Enum):
@@ -60,6 +64,57 @@ class EndResult(enum.Enum):
     """This call freed the slot."""
     ALREADY_ENDED = "already_ended"
     """The run was already gone."""
+    UNKNOWN = "unknown"
+    """No run of that operation_id is known (never granted, or forgotten since)."""
+
+
+class RunOutcome(enum.Enum):
+    """How the holder said its run went."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class CancelResult(enum.Enum):
+    """What a cancel request did."""
+
+    REQUESTED = "requested"
+    """This call marked the run."""
+    ALREADY_REQUESTED = "already_requested"
+    """The run was marked already."""
+    ALREADY_ENDED = "already_ended"
+    """The run has ended; nothing changed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunProgress:
+    """The latest progress a holder reported: ``fraction`` in [0, 1] and/or a message."""
+
+    fraction: float | None = None
+    message: str = ""
+    at: float = 0.0
+    """When the report arrived."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancellation:
+    """A request that the run stop, and who made it."""
+
+    reason: str
+    by: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ending:
+    """How a run left its slot: why, when, and what its holder said about it."""
+
+    reason: ReleaseReason
+    at: float
+    outcome: RunOutcome | None = None
+    result: str = ""
+    """The result as JSON text ("" when none was given)."""
 
 
 CAPACITY_MAX = 65_535
@@ -137,6 +192,12 @@ class Run:
     labels: Labels = ()
     principal: str = ""
     """Who was granted the run (the authenticated caller of its Begin); "" without auth."""
+    progress: RunProgress | None = None
+    """The latest progress its holder reported."""
+    cancel: Cancellation | None = None
+    """Set once somebody asked the run to stop."""
+    ending: Ending | None = None
+    """Set once the run left its slot (only on ended runs: changes, dedup entries)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +207,10 @@ class Holder:
     run: Run
     lease_token: str
     ttl: float
+    progress_shown_at: float | None = None
+    """When watchers were last shown this run's progress (a PROGRESSED change)."""
+    progress_due: float | None = None
+    """When a report not yet shown must be shown (None: nothing pending)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,7 +232,11 @@ class Waiter:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accepted:
-    """A dedup entry: a submission accepted at ``accepted_at`` (its run's start)."""
+    """A dedup entry: a submission accepted at ``accepted_at`` (its run's start).
+
+    Once the run ends, ``run`` is the ended run (with its ``ending``), so a
+    DUPLICATE and GetRun can say how it went for as long as the entry lasts.
+    """
 
     run: Run
     accepted_at: float

@@ -30,8 +30,11 @@ from typing import Generic, TypeVar
 from runguard.server.core.model import (
     Accepted,
     BeginCommand,
+    Cancellation,
+    CancelResult,
     Change,
     ChangeKind,
+    Ending,
     EndResult,
     GuardDoc,
     GuardPolicy,
@@ -42,19 +45,30 @@ from runguard.server.core.model import (
     RejectionReason,
     ReleaseReason,
     Run,
+    RunOutcome,
+    RunProgress,
     Tombstone,
     Waiter,
 )
-from runguard.server.errors import LeaseLost, LeaseMismatch, OperationConflict
+from runguard.server.errors import (
+    LeaseLost,
+    LeaseMismatch,
+    NotPermitted,
+    OperationConflict,
+    RunNotFound,
+)
 
 __all__ = [
+    "PROGRESS_INTERVAL",
     "Granted",
     "Queued",
     "Transition",
     "begin",
+    "cancel",
     "cancel_wait",
     "configure",
     "end",
+    "find_run",
     "keep_alive",
     "next_deadline",
     "policy_of",
@@ -65,6 +79,11 @@ __all__ = [
 
 TOMBSTONES_KEPT = 64
 """How many ended runs a guard remembers to explain a lost lease."""
+
+PROGRESS_INTERVAL = 1.0
+"""Seconds between two PROGRESSED changes of one run: reports in between update the
+run at once (Current, snapshots) but are shown to watchers as one change, the
+latest, when the interval is over."""
 
 _OTHER_PRINCIPAL = "of another principal"
 
@@ -175,16 +194,57 @@ class _Work:
         self.changes.append(Change(kind=ChangeKind.ACQUIRED, run=run, state=self.view()))
         return holder
 
-    def release(self, holder: Holder, reason: ReleaseReason, now: float) -> None:
+    def release(
+        self,
+        holder: Holder,
+        reason: ReleaseReason,
+        now: float,
+        outcome: RunOutcome | None = None,
+        result: str = "",
+    ) -> Run:
         self.holders.remove(holder)
         self.tombstones.append(
             Tombstone(operation_id=holder.run.operation_id, reason=reason, at=now)
         )
         del self.tombstones[:-TOMBSTONES_KEPT]
+        ended = dataclasses.replace(
+            holder.run, ending=Ending(reason=reason, at=now, outcome=outcome, result=result)
+        )
+        self._keep_ended(ended, now)
         self.dirty = True
         self.changes.append(
-            Change(kind=ChangeKind.RELEASED, run=holder.run, state=self.view(), reason=reason)
+            Change(kind=ChangeKind.RELEASED, run=ended, state=self.view(), reason=reason)
         )
+        return ended
+
+    def _keep_ended(self, ended: Run, now: float) -> None:
+        """The run's dedup entry (if still inside its window) now shows how it ended."""
+        entry = self.accepted.get(ended.fingerprint)
+        if entry is None or entry.accepted_at <= now - self.policy.dedup_window:
+            return
+        if (entry.run.operation_id, entry.run.fencing_token) != (
+            ended.operation_id,
+            ended.fencing_token,
+        ):
+            return
+        # Assigning an existing key keeps its place, so the order of acceptance holds.
+        self._own_accepted()[ended.fingerprint] = Accepted(run=ended, accepted_at=entry.accepted_at)
+
+    def put(self, old: Holder, new: Holder) -> Holder:
+        """Put ``new`` in the place of ``old`` among the holders."""
+        self.holders[self.holders.index(old)] = new
+        self.dirty = True
+        return new
+
+    def show_progress(self, holder: Holder, now: float) -> None:
+        """Tell watchers the holder's latest progress (one PROGRESSED change)."""
+        self.put(holder, dataclasses.replace(holder, progress_shown_at=now, progress_due=None))
+        self.changes.append(Change(kind=ChangeKind.PROGRESSED, run=holder.run, state=self.view()))
+
+    def known_end(self, operation_id: str, now: float) -> Run | Tombstone | None:
+        """What the guard still knows of an ended run: the run itself, or its tombstone."""
+        cutoff = now - self.policy.dedup_window
+        return _known_end(self.accepted, self.tombstones, operation_id, cutoff)
 
     def settle(self, now: float) -> None:
         """Expire due leases, drop waiters whose wait is over, promote the queue."""
@@ -196,6 +256,9 @@ class _Work:
             self.queue = live
             self.dirty = True
         self.promote(now)
+        for holder in [h for h in self.holders if h.progress_due is not None]:
+            if holder.progress_due is not None and holder.progress_due <= now:
+                self.show_progress(holder, now)
 
     def promote(self, now: float) -> None:
         while self.queue and len(self.holders) < self.policy.capacity:
@@ -333,16 +396,17 @@ def begin(
     earlier = work.recent(cmd.fingerprint, now)
     if earlier is not None:
         age = now - earlier.accepted_at
+        first = _latest(work, earlier.run)
         return work.finish(
             Rejection(
                 reason=RejectionReason.DUPLICATE,
                 message=(
                     "an identical submission was accepted "
-                    f"{age:.1f}s ago (operation_id={earlier.run.operation_id}). Wait "
-                    "and try again if this was intentional."
+                    f"{age:.1f}s ago (operation_id={earlier.run.operation_id}, "
+                    f"{_state_words(first)}). Wait and try again if this was intentional."
                 ),
                 holders=holders,
-                duplicate_of=earlier.run,
+                duplicate_of=first,
                 retry_after=max(0.0, earlier.accepted_at + policy.dedup_window - now),
             ),
             now,
@@ -430,8 +494,13 @@ def end(
     now: float,
     *,
     force: bool = False,
+    outcome: RunOutcome | None = None,
+    result: str = "",
 ) -> Transition[EndResult]:
     """Give a slot back (idempotent); the freed slot goes to the queue at once.
+
+    ``outcome`` and ``result`` (JSON text) are kept with the ended run. An
+    operation_id the guard knows nothing of is UNKNOWN rather than ALREADY_ENDED.
 
     Raises:
         LeaseMismatch: the run is live and ``lease_token`` is not its token
@@ -441,10 +510,12 @@ def end(
     work.settle(now)
     held = work.holder(operation_id)
     if held is None:
-        return work.finish(EndResult.ALREADY_ENDED, now)
+        known = work.known_end(operation_id, now) is not None
+        return work.finish(EndResult.ALREADY_ENDED if known else EndResult.UNKNOWN, now)
     if not force and held.lease_token != lease_token:
         raise LeaseMismatch(doc.name, operation_id)
-    work.release(held, ReleaseReason.FORCED if force else ReleaseReason.ENDED, now)
+    reason = ReleaseReason.FORCED if force else ReleaseReason.ENDED
+    work.release(held, reason, now, outcome, result)
     work.promote(now)
     return work.finish(EndResult.ENDED, now)
 
@@ -457,8 +528,13 @@ def keep_alive(
     now: float,
     *,
     ttl: float | None = None,
+    progress: RunProgress | None = None,
 ) -> Transition[Run]:
     """Extend a lease to ``now + ttl`` (the run's own lease length when None).
+
+    With ``progress`` the run shows it at once; watchers get a PROGRESSED change
+    now, or, within ``PROGRESS_INTERVAL`` of the last one, when the interval is
+    over (only the latest report). Progress never changes holders or the queue.
 
     Raises:
         LeaseLost: the run holds no slot; the message says why when known.
@@ -479,10 +555,121 @@ def keep_alive(
         raise LeaseMismatch(doc.name, operation_id)
     new_ttl = held.ttl if ttl is None else ttl
     run = dataclasses.replace(held.run, expires_at=now + new_ttl)
-    index = work.holders.index(held)
-    work.holders[index] = Holder(run=run, lease_token=held.lease_token, ttl=new_ttl)
-    work.dirty = True
+    if progress is not None:
+        run = dataclasses.replace(run, progress=dataclasses.replace(progress, at=now))
+    renewed = work.put(held, dataclasses.replace(held, run=run, ttl=new_ttl))
+    if progress is not None:
+        shown = held.progress_shown_at
+        if shown is None or now - shown >= PROGRESS_INTERVAL:
+            work.show_progress(renewed, now)
+        else:
+            work.put(renewed, dataclasses.replace(renewed, progress_due=shown + PROGRESS_INTERVAL))
     return work.finish(run, now)
+
+
+def cancel(
+    doc: GuardDoc,
+    policy: GuardPolicy,
+    operation_id: str,
+    now: float,
+    *,
+    reason: str = "",
+    by: str = "",
+    admin: bool = False,
+) -> Transition[tuple[CancelResult, Run]]:
+    """Ask a run to stop: mark it cancel-requested. Its slot stays held.
+
+    ``by`` is the caller's principal; only an ``admin`` or the run's own
+    principal may cancel it. Marking again, or a run that has ended, changes
+    nothing.
+
+    Raises:
+        NotPermitted: the caller is neither admin nor the run's principal.
+        RunNotFound: the guard knows no such run.
+    """
+    work = _Work(doc, policy)
+    work.settle(now)
+    held = work.holder(operation_id)
+    run = held.run if held is not None else None
+    if run is None:
+        known = work.known_end(operation_id, now)
+        if not isinstance(known, Run):
+            raise RunNotFound(doc.name, operation_id, _gone(known, now))
+        run = known
+    if not admin and run.principal != by:
+        raise NotPermitted(
+            f"run {operation_id!r} of guard {doc.name!r} belongs to principal "
+            f"{run.principal!r}; only it or an admin may cancel it"
+        )
+    if held is None:
+        return work.finish((CancelResult.ALREADY_ENDED, run), now)
+    if run.cancel is not None:
+        return work.finish((CancelResult.ALREADY_REQUESTED, run), now)
+    marked = dataclasses.replace(run, cancel=Cancellation(reason=reason, by=by, at=now))
+    work.put(held, dataclasses.replace(held, run=marked))
+    work.changes.append(Change(kind=ChangeKind.CANCEL_REQUESTED, run=marked, state=work.view()))
+    return work.finish((CancelResult.REQUESTED, marked), now)
+
+
+def find_run(doc: GuardDoc, policy: GuardPolicy, operation_id: str, now: float) -> Run:
+    """A live run, or an ended one still kept with its dedup entry (call after settle).
+
+    Raises:
+        RunNotFound: the guard knows no such run; the message says what it knows.
+    """
+    held = next((h for h in doc.holders if h.run.operation_id == operation_id), None)
+    if held is not None:
+        return held.run
+    window = policy_of(doc, policy).dedup_window
+    known = _known_end(doc.accepted, doc.tombstones, operation_id, now - window)
+    if isinstance(known, Run):
+        return known
+    raise RunNotFound(doc.name, operation_id, _gone(known, now))
+
+
+def _known_end(
+    accepted: Mapping[str, Accepted],
+    tombstones: Collection[Tombstone],
+    operation_id: str,
+    cutoff: float,
+) -> Run | Tombstone | None:
+    """What a guard still knows of an ended run: the run itself while its dedup entry is
+    inside the window (accepted after ``cutoff``; stale ones wait for the next write to
+    be dropped), or else its tombstone."""
+    for entry in reversed(list(accepted.values())):
+        run = entry.run
+        ended = run.operation_id == operation_id and run.ending is not None
+        if ended and entry.accepted_at > cutoff:
+            return run
+    return next((t for t in reversed(list(tombstones)) if t.operation_id == operation_id), None)
+
+
+def _gone(stone: Run | Tombstone | None, now: float) -> str:
+    if stone is None:
+        return "no such run (never granted, or ended longer ago than the guard remembers)"
+    assert isinstance(stone, Tombstone)
+    return (
+        f"it {stone.reason.value} {now - stone.at:.1f}s ago and is no longer kept "
+        "(ended runs are kept as long as their dedup entry)"
+    )
+
+
+def _state_words(run: Run) -> str:
+    """How a run stands, for people: "still running", "ended: succeeded", "expired"."""
+    ending = run.ending
+    if ending is None:
+        return "still running"
+    if ending.outcome is not None:
+        return f"ended: {ending.outcome.value}"
+    return "ended" if ending.reason is ReleaseReason.ENDED else ending.reason.value
+
+
+def _latest(work: _Work, run: Run) -> Run:
+    """The run as it is now: its live holder's run (progress, cancel) if it still holds."""
+    held = work.holder(run.operation_id)
+    if held is not None and held.run.fencing_token == run.fencing_token:
+        return held.run
+    return run
 
 
 def without_waiters_of(doc: GuardDoc, owners: Collection[str]) -> GuardDoc:
@@ -520,9 +707,11 @@ def configure(
 
 
 def next_deadline(doc: GuardDoc, policy: GuardPolicy) -> float | None:
-    """When the guard next needs settling on its own: a lease or a wait running out, or,
-    for a guard with nothing else to keep, its last dedup entry leaving the window."""
+    """When the guard next needs settling on its own: a lease or a wait running out,
+    progress to show to watchers, or, for a guard with nothing else to keep, its last
+    dedup entry leaving the window."""
     times = [h.run.expires_at for h in doc.holders] + [w.deadline for w in doc.queue]
+    times += [h.progress_due for h in doc.holders if h.progress_due is not None]
     if not times and doc.settings is None:
         if doc.accepted:
             window = policy_of(doc, policy).dedup_window

@@ -20,8 +20,10 @@ from typing import Any, TypeVar
 
 from runguard.server.core import (
     Accepted,
+    Cancellation,
     Change,
     ChangeKind,
+    Ending,
     GuardDoc,
     GuardSettings,
     GuardView,
@@ -29,6 +31,8 @@ from runguard.server.core import (
     Labels,
     ReleaseReason,
     Run,
+    RunOutcome,
+    RunProgress,
     Tombstone,
     Waiter,
 )
@@ -65,7 +69,7 @@ def _labels(labels: Labels) -> list[list[str]]:
 
 
 def _run(run: Run) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "guard": run.guard,
         "op": run.operation_id,
         "fp": run.fingerprint,
@@ -75,6 +79,31 @@ def _run(run: Run) -> dict[str, Any]:
         "labels": _labels(run.labels),
         "who": run.principal,
     }
+    # Written only when set, so documents of runs without them stay as they were.
+    if run.progress is not None:
+        p = run.progress
+        data["progress"] = {"fraction": p.fraction, "message": p.message, "at": p.at}
+    if run.cancel is not None:
+        c = run.cancel
+        data["cancel"] = {"reason": c.reason, "by": c.by, "at": c.at}
+    if run.ending is not None:
+        e = run.ending
+        data["ending"] = {
+            "reason": e.reason.value,
+            "at": e.at,
+            "outcome": None if e.outcome is None else e.outcome.value,
+            "result": e.result,
+        }
+    return data
+
+
+def _holder(holder: Holder) -> dict[str, Any]:
+    data: dict[str, Any] = {"run": _run(holder.run), "token": holder.lease_token, "ttl": holder.ttl}
+    if holder.progress_shown_at is not None:
+        data["shown"] = holder.progress_shown_at
+    if holder.progress_due is not None:
+        data["due"] = holder.progress_due
+    return data
 
 
 def _settings(settings: GuardSettings) -> dict[str, Any]:
@@ -99,9 +128,7 @@ def _doc(doc: GuardDoc) -> dict[str, Any]:
         "format": FORMAT,
         "name": doc.name,
         "next_fencing": doc.next_fencing,
-        "holders": [
-            {"run": _run(h.run), "token": h.lease_token, "ttl": h.ttl} for h in doc.holders
-        ],
+        "holders": [_holder(h) for h in doc.holders],
         "queue": [
             {
                 "op": w.operation_id,
@@ -149,6 +176,9 @@ def _from_labels(data: Any) -> Labels:
 
 
 def _from_run(data: dict[str, Any]) -> Run:
+    progress = data.get("progress")
+    cancel = data.get("cancel")
+    ending = data.get("ending")
     return Run(
         guard=data["guard"],
         operation_id=data["op"],
@@ -158,6 +188,37 @@ def _from_run(data: dict[str, Any]) -> Run:
         expires_at=float(data["exp"]),
         labels=_from_labels(data.get("labels", ())),
         principal=str(data.get("who", "")),
+        progress=None
+        if progress is None
+        else RunProgress(
+            fraction=None if progress["fraction"] is None else float(progress["fraction"]),
+            message=str(progress["message"]),
+            at=float(progress["at"]),
+        ),
+        cancel=None
+        if cancel is None
+        else Cancellation(
+            reason=str(cancel["reason"]), by=str(cancel["by"]), at=float(cancel["at"])
+        ),
+        ending=None
+        if ending is None
+        else Ending(
+            reason=ReleaseReason(ending["reason"]),
+            at=float(ending["at"]),
+            outcome=None if ending["outcome"] is None else RunOutcome(ending["outcome"]),
+            result=str(ending["result"]),
+        ),
+    )
+
+
+def _from_holder(data: dict[str, Any]) -> Holder:
+    shown, due = data.get("shown"), data.get("due")
+    return Holder(
+        run=_from_run(data["run"]),
+        lease_token=data["token"],
+        ttl=float(data["ttl"]),
+        progress_shown_at=None if shown is None else float(shown),
+        progress_due=None if due is None else float(due),
     )
 
 
@@ -167,10 +228,7 @@ def _from_doc(data: dict[str, Any]) -> GuardDoc:
     return GuardDoc(
         name=data["name"],
         next_fencing=int(data["next_fencing"]),
-        holders=tuple(
-            Holder(run=_from_run(h["run"]), lease_token=h["token"], ttl=float(h["ttl"]))
-            for h in data.get("holders", ())
-        ),
+        holders=tuple(_from_holder(h) for h in data.get("holders", ())),
         queue=tuple(
             Waiter(
                 operation_id=w["op"],

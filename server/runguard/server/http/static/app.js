@@ -152,7 +152,53 @@ function renderHolder(run) {
     meta.append(element("span", "label", `${key}=${value}`));
   }
   item.append(meta);
+  if (run.progress) item.append(renderProgress(run.progress));
+  if (run.cancelRequested) {
+    const why = run.cancelReason ? `: ${run.cancelReason}` : "";
+    item.append(element("div", "cancel-requested", `cancel requested${why}; still running`));
+  } else {
+    // Cancel asks the holder to stop; the slot frees only when it has (admin or its owner).
+    const button = element("button", "cancel", "Cancel");
+    button.type = "button";
+    button.addEventListener("click", () => cancelRun(run, button));
+    item.append(button);
+  }
   return item;
+}
+
+function renderProgress(progress) {
+  const box = element("div", "progress");
+  if (progress.fraction !== undefined) {
+    const bar = element("progress");
+    bar.max = 1;
+    bar.value = progress.fraction;
+    box.append(bar, element("span", "percent", `${Math.round(progress.fraction * 100)}%`));
+  }
+  if (progress.message) box.append(element("span", "message", progress.message));
+  return box;
+}
+
+async function cancelRun(run, button) {
+  button.disabled = true;
+  const headers = { "Content-Type": "application/json", "Connect-Protocol-Version": "1" };
+  if (bearer) headers.Authorization = "Bearer " + bearer;
+  const body = { guard: run.guard, operationId: run.operationId, reason: "cancelled on the status page" };
+  let message = "";
+  try {
+    const answer = await fetch("/runguard.v1.RunGuardService/Cancel", {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+    });
+    if (!answer.ok) {
+      const error = await answer.json().catch(() => ({ message: answer.statusText }));
+      message = error.message || error.code || "refused";
+    }
+  } catch (error) {
+    message = String(error);
+  }
+  $("action-error").textContent = message ? `cancel of ${run.operationId}: ${message}` : "";
+  button.disabled = false;
 }
 
 function renderGuard(state) {
@@ -180,7 +226,8 @@ function renderChange({ at, change }) {
   const kind = shortName(change.kind, "CHANGE_KIND_");
   const reason = change.releaseReason ? ` (${shortName(change.releaseReason, "RELEASE_REASON_")})` : "";
   const item = element("li", `kind-${kind}`);
-  item.textContent = `${new Date(at).toLocaleTimeString()} ${change.run.guard} ${kind}${reason} ${change.run.operationId}`;
+  const operation = change.run ? ` ${change.run.operationId}` : ""; // CONFIGURED has no run
+  item.textContent = `${new Date(at).toLocaleTimeString()} ${change.state.guard} ${kind}${reason}${operation}`;
   return item;
 }
 
