@@ -264,3 +264,12 @@ async def test_a_restart_with_other_flags_keeps_the_stored_settings_and_says_so(
     ]
     state = (await second.stub.Current(pb.CurrentRequest(guard="g"))).state
     assert (state.capacity, state.dedup_window.seconds) == (2, 120)
+
+
+async def test_a_window_just_past_the_limit_reads_apart_from_it(running: Running) -> None:
+    """The refusal writes seconds out in full: 2592001s past a 2592000s limit."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await running.stub.ConfigureGuard(
+            pb.ConfigureGuardRequest(guard="g", dedup_window=seconds(2_592_001))
+        )
+    assert violations(caught.value) == {"dedup_window": "must be in [0s, 2592000s], got 2592001s"}

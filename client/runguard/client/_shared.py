@@ -5,6 +5,7 @@ and the state of a held slot."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -171,6 +172,8 @@ def json_payload(payload: Any) -> Any:
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
+    if not math.isfinite(seconds):
+        raise ValueError(f"a number of seconds must be finite, got {seconds!r}")
     message = duration_pb2.Duration()
     message.FromNanoseconds(round(seconds * 1e9))
     return message

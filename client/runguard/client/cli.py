@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
@@ -87,6 +88,17 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds (NaN and infinities are refused as usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+    return value
+
+
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -121,7 +133,7 @@ def add_verbs(verbs: Any) -> None:
         help="host:port of the server (RUNGUARD_TARGET, 127.0.0.1:50051)",
     )
     add_connection_flags(common)
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds per call (10)")
+    common.add_argument("--timeout", type=_seconds, default=10.0, help="seconds per call (10)")
     common.add_argument("--json", action="store_true", help="one JSON object per line")
 
     submission = argparse.ArgumentParser(add_help=False)
@@ -130,14 +142,14 @@ def add_verbs(verbs: Any) -> None:
     what.add_argument("--payload", type=_json_value, help="the submission as JSON")
     what.add_argument("--key", help="an idempotency key instead of a payload")
     submission.add_argument("--operation-id", help="your name for the run (made when absent)")
-    submission.add_argument("--wait", type=float, help="seconds to queue when the guard is full")
+    submission.add_argument("--wait", type=_seconds, help="seconds to queue when the guard is full")
     submission.add_argument(
         "--label", action="append", type=_label, default=[], metavar="KEY=VALUE"
     )
 
     begin = verbs.add_parser("begin", parents=[common, submission], help="take a slot")
     begin.add_argument("guard", nargs="?", default="")
-    begin.add_argument("--ttl", type=float, help="lease seconds (the server's max)")
+    begin.add_argument("--ttl", type=_seconds, help="lease seconds (the server's max)")
 
     for name, helptext in (("end", "give a slot back"), ("keepalive", "extend a lease")):
         verb = verbs.add_parser(name, parents=[common], help=helptext)
@@ -151,7 +163,7 @@ def add_verbs(verbs: Any) -> None:
                 "--result", type=_json_value, help="a small JSON result kept with the run"
             )
         else:
-            verb.add_argument("--ttl", type=float, help="new lease seconds")
+            verb.add_argument("--ttl", type=_seconds, help="new lease seconds")
             verb.add_argument("--fraction", type=float, help="progress: how much is done, 0 to 1")
             verb.add_argument("--message", help="progress: a short sentence for people")
 
@@ -174,7 +186,9 @@ def add_verbs(verbs: Any) -> None:
     )
     configure.add_argument("guard")
     configure.add_argument("--capacity", type=int, help="runs that may hold a slot at once")
-    configure.add_argument("--dedup-window", type=float, help="seconds a submission is remembered")
+    configure.add_argument(
+        "--dedup-window", type=_seconds, help="seconds a submission is remembered"
+    )
     configure.add_argument("--max-queue", type=int, help="callers that may queue")
     configure.add_argument(
         "--reset", action="store_true", help="follow the store-wide defaults again"
@@ -192,7 +206,7 @@ def add_verbs(verbs: Any) -> None:
         help="hold a slot while a command runs: runguard run GUARD -- CMD ARGS...",
     )
     run.add_argument("guard")
-    run.add_argument("--ttl", type=float, default=30.0, help="lease seconds, renewed (30)")
+    run.add_argument("--ttl", type=_seconds, default=30.0, help="lease seconds, renewed (30)")
     run.set_defaults(command=[])  # what follows "--", split off by split_command
 
 

@@ -74,6 +74,12 @@ _OUTCOMES: dict[int, RunOutcome] = {
 }
 
 
+def _secs(value: float) -> str:
+    """Seconds written out in full (no exponent), so a value just past a limit reads apart
+    from it: 2592001, not 2.592e+06."""
+    return f"{value:.9f}".rstrip("0").rstrip(".")
+
+
 class _Checker:
     def __init__(self) -> None:
         self.violations: list[FieldViolation] = []
@@ -126,7 +132,9 @@ class _Checker:
         too_low = seconds <= low if open_low else seconds < low
         if too_low or seconds > high:
             left = "(" if open_low else "["
-            self.bad(field, f"must be in {left}{low:g}s, {high:g}s], got {seconds:g}s")
+            self.bad(
+                field, f"must be in {left}{_secs(low)}s, {_secs(high)}s], got {_secs(seconds)}s"
+            )
             return None
         return seconds
 

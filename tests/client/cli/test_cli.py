@@ -393,3 +393,22 @@ def test_guards_lists_every_stored_guard_across_pages(cli: Cli, client: Client, 
     assert done.returncode == 0, done.stderr
     listed = [json.loads(line)["guard"] for line in done.stdout.splitlines()]
     assert [n for n in listed if n.startswith(guard)] == names
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        pytest.param("configure", ["--dedup-window", "nan"], id="configure-nan"),
+        pytest.param("configure", ["--dedup-window", "inf"], id="configure-inf"),
+        pytest.param("begin", ["--ttl", "nan"], id="begin-ttl-nan"),
+        pytest.param("begin", ["--wait", "inf"], id="begin-wait-inf"),
+    ],
+)
+def test_seconds_that_are_not_finite_are_a_usage_error(
+    cli: Cli, guard: str, verb: str, args: list[str]
+) -> None:
+    """NaN or an infinity where seconds go is refused as bad usage (exit 2), no traceback."""
+    done = cli(verb, guard, *args)
+    assert done.returncode == 2
+    assert "must be a finite number of seconds" in done.stderr
+    assert "Traceback" not in done.stderr
