@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from runguard.server.http.sse import event_id, parse_event_id
+from runguard.server.http.sse import encode_event, event_id, parse_event_id
+from runguard.v1 import runguard_pb2 as pb
 
 
 @pytest.mark.parametrize(
@@ -36,3 +37,13 @@ def test_an_id_that_does_not_parse_resyncs(text: str) -> None:
 
     assert (revision, index) == (0, None)
     assert epoch == "unparsed-event-id"
+
+
+@pytest.mark.parametrize(("more", "has_id"), [(True, False), (False, True)], ids=["part", "last"])
+def test_only_the_last_part_of_a_snapshot_carries_an_id(more: bool, has_id: bool) -> None:
+    """A reconnect in the middle of a snapshot in parts resumes from before it, never from a
+    half-sent snapshot: parts before the last have no ``id:``."""
+    message = pb.WatchResponse(epoch="e1", snapshot=pb.Snapshot(revision=9, more=more))
+    text = encode_event(message, None).decode()
+    assert text.startswith("id: e1:9\n") is has_id
+    assert "event: snapshot\n" in text

@@ -43,7 +43,7 @@ from runguard.server.servicer import RunGuardServicer
 from runguard.server.status import connect_error_of
 from runguard.v1 import runguard_pb2 as pb
 
-__all__ = ["RETRY_MS", "event_id", "parse_event_id", "serve_events"]
+__all__ = ["RETRY_MS", "encode_event", "event_id", "parse_event_id", "serve_events"]
 
 RETRY_MS = 1000
 """Milliseconds the browser waits before it reconnects (sent as ``retry:``)."""
@@ -69,7 +69,7 @@ def parse_event_id(text: str) -> tuple[str, int, int | None]:
     return match.group(1), int(match.group(2)), index
 
 
-def _encode(message: pb.WatchResponse, index: int | None) -> bytes:
+def encode_event(message: pb.WatchResponse, index: int | None) -> bytes:
     kind = message.WhichOneof("event") or "progress"
     revision = getattr(message, kind).revision
     data = json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
@@ -196,7 +196,7 @@ async def _stream(
                     started = True
                 index = numbering.index(message)  # type: ignore[arg-type]
                 if index != -1:
-                    body = _encode(message, index)  # type: ignore[arg-type]
+                    body = encode_event(message, index)  # type: ignore[arg-type]
                     await send({"type": "http.response.body", "body": body, "more_body": True})
     finally:
         disconnected.cancel()
