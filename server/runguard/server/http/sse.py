@@ -70,6 +70,7 @@ def parse_event_id(text: str) -> tuple[str, int, int | None]:
 
 
 def encode_event(message: pb.WatchResponse, index: int | None) -> bytes:
+    """One Watch message as an SSE event; ``index``: which change of its revision it is."""
     kind = message.WhichOneof("event") or "progress"
     revision = getattr(message, kind).revision
     data = json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
