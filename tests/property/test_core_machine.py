@@ -57,6 +57,7 @@ from runguard.server.core import (
     configure,
     end,
     keep_alive,
+    kept_since,
     next_deadline,
     policy_of,
     settle,
@@ -172,10 +173,16 @@ class Model:
     def waiter(self, op: str) -> MWaiter | None:
         return next((w for w in self.queue if w.op == op), None)
 
-    def release(self, h: MHolder, reason: ReleaseReason, at: float) -> None:
+    def release(self, h: MHolder, reason: ReleaseReason, at: float, now: float) -> None:
         self.holders.remove(h)
         self.last_release[h.op] = (reason, at)
         self.ended.add(h.fencing)
+        # The run's dedup entry is kept a window from its end (given back to a run that
+        # outlived its window), unless it belongs to a later run of the same submission.
+        entry = self.accepted.get(h.fp)
+        if h.fp not in self.kept or entry is None or entry[0] <= h.started_at:
+            self.accepted[h.fp] = (h.started_at, h.op, h.fencing)
+            self.kept[h.fp] = now
         self.dirty = True
         self.events.append((ChangeKind.RELEASED, h.op, reason, len(self.queue)))
 
@@ -198,7 +205,7 @@ class Model:
 
     def settle(self, now: float) -> Outcome:
         for h in [h for h in self.holders if h.expires_at <= now]:
-            self.release(h, ReleaseReason.EXPIRED, h.expires_at)
+            self.release(h, ReleaseReason.EXPIRED, h.expires_at, now)
         live = [w for w in self.queue if w.deadline > now]
         if len(live) < len(self.queue):
             self.queue = live
@@ -219,7 +226,12 @@ class Model:
         for fp, (at, entry_op, fencing) in reversed(list(self.accepted.items())):
             if fp not in self.kept:
                 continue
-            if entry_op == op and fencing in self.ended and now - at < self.policy.dedup_window:
+            kept_from = self.kept[fp]
+            if (
+                entry_op == op
+                and fencing in self.ended
+                and now - kept_from < self.policy.dedup_window
+            ):
                 return (at, entry_op, fencing)
         return None
 
@@ -274,7 +286,7 @@ class Model:
             return ("end", EndResult.ALREADY_ENDED if known else EndResult.UNKNOWN)
         if not force and h.token != token:
             return ("raise", LeaseMismatch)
-        self.release(h, ReleaseReason.FORCED if force else ReleaseReason.ENDED, now)
+        self.release(h, ReleaseReason.FORCED if force else ReleaseReason.ENDED, now, now)
         self.promote(now)
         return ("end", EndResult.ENDED)
 
@@ -624,10 +636,10 @@ class CoreMachine(RuleBasedStateMachine):
             for fp, a in doc.accepted.items()
         }
         assert {fp: hit for fp, hit in kept.items() if self.now - hit[0] < window} == {
-            fp: model.accepted[fp] for fp, at in model.kept.items() if self.now - at < window
+            fp: model.accepted[fp] for fp in model.kept if self.now - model.accepted[fp][0] < window
         }
         if self.written_at == self.now:
-            assert all(self.now - at < window for at, _, _ in kept.values())
+            assert all(self.now - kept_since(a) < window for a in doc.accepted.values())
         # An entry whose run ended shows how it ended (the model knows that it did).
         for fp, a in doc.accepted.items():
             if self.now - a.accepted_at < window:

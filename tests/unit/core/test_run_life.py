@@ -76,8 +76,8 @@ def test_progress_pending_when_the_run_ends_is_not_shown_after_it() -> None:
 
     (released,) = ended.changes
     assert released.run.progress == RunProgress(fraction=0.9, at=T0 + 1.5)
-    # The only deadline left is the guard's reclaim once its dedup entry is over.
-    assert next_deadline(ended.doc, SEED) == T0 + SEED.dedup_window
+    # The only deadline left is the guard's reclaim, a window after the run ended.
+    assert next_deadline(ended.doc, SEED) == T0 + 1.6 + SEED.dedup_window
     assert settle(ended.doc, SEED, T0 + 2).changes == ()
 
 
@@ -102,8 +102,25 @@ def test_the_ended_run_answers_a_duplicate_and_a_lookup_with_its_outcome() -> No
         '{"n":1}',
     )
     assert find_run(doc, SEED, "op-1", T0 + 3) == rejection.duplicate_of
+    # Known for a window from its end (T0 + 2), however long it ran.
+    assert find_run(doc, SEED, "op-1", T0 + SEED.dedup_window + 1) == rejection.duplicate_of
     with pytest.raises(RunNotFound, match="no longer kept"):
-        find_run(doc, SEED, "op-1", T0 + SEED.dedup_window)
+        find_run(doc, SEED, "op-1", T0 + 2 + SEED.dedup_window)
+
+
+def test_a_run_that_outlived_its_window_is_known_a_window_after_it_ended() -> None:
+    """A run longer than the dedup window makes no DUPLICATE of a later submission, but its
+    End is kept: GetRun shows the outcome and result for a window from the end."""
+    long_end = T0 + SEED.dedup_window + 60
+    doc = end(
+        held(), SEED, "op-1", "tok-1", long_end, outcome=RunOutcome.SUCCEEDED, result='{"n":2}'
+    ).doc
+    found = find_run(doc, SEED, "op-1", long_end + 1)
+    assert found.ending is not None
+    assert (found.ending.outcome, found.ending.result) == (RunOutcome.SUCCEEDED, '{"n":2}')
+    again = BeginCommand(operation_id="op-2", fingerprint="fp-a", lease_token="tok-2")
+    assert not isinstance(begin(doc, SEED, again, long_end + 1).outcome, Rejection)
+    assert next_deadline(doc, SEED) == long_end + SEED.dedup_window
 
 
 def test_only_the_first_end_records_an_outcome() -> None:

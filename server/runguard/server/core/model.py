@@ -240,6 +240,9 @@ class Accepted:
 
     run: Run
     accepted_at: float
+    kept_from: float = 0.0
+    """When the run's end was recorded (0 while it runs): the entry is kept a dedup
+    window from then, so an ended run stays known however long it ran."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -70,6 +70,7 @@ __all__ = [
     "end",
     "find_run",
     "keep_alive",
+    "kept_since",
     "next_deadline",
     "policy_of",
     "settle",
@@ -123,6 +124,14 @@ class Transition(Generic[T]):
     reclaim: bool = False
 
 
+def kept_since(entry: Accepted) -> float:
+    """When a dedup entry's keeping is measured from: its run's end once it ended, else its
+    acceptance. A DUPLICATE is measured from the acceptance alone (the seed's window);
+    an ended run stays known (GetRun, a DUPLICATE's duplicate_of, a late End) for a window
+    after it ended, however long it ran."""
+    return max(entry.accepted_at, entry.kept_from)
+
+
 def policy_of(doc: GuardDoc, policy: GuardPolicy) -> GuardPolicy:
     """The policy ``doc`` is run by: its own settings when it has some, else ``policy``."""
     return policy if doc.settings is None else policy.with_settings(doc.settings)
@@ -144,6 +153,8 @@ class _Work:
         self.next_fencing = doc.next_fencing
         self.changes: list[Change] = []
         self.dirty = False
+        self.now = 0.0
+        """The command's time (set by ``settle``, which every command runs first)."""
 
     def view(self) -> GuardView:
         return GuardView(
@@ -218,17 +229,22 @@ class _Work:
         return ended
 
     def _keep_ended(self, ended: Run, now: float) -> None:
-        """The run's dedup entry (if still inside its window) now shows how it ended."""
+        """The run's dedup entry now shows how it ended, and is kept for a window from now.
+
+        A run that outlived its window had its entry dropped: it gets one again (accepted
+        at its start, so it makes no DUPLICATE). An entry of a later run of the same
+        submission is left as it is.
+        """
         entry = self.accepted.get(ended.fingerprint)
-        if entry is None or entry.accepted_at <= now - self.policy.dedup_window:
+        if entry is not None and entry.run.started_at > ended.started_at:
             return
-        if (entry.run.operation_id, entry.run.fencing_token) != (
-            ended.operation_id,
-            ended.fencing_token,
-        ):
-            return
-        # Assigning an existing key keeps its place, so the order of acceptance holds.
-        self._own_accepted()[ended.fingerprint] = Accepted(run=ended, accepted_at=entry.accepted_at)
+        # Re-inserted last: the entries stay in the order they are kept from (see
+        # kept_since), so dropping stale ones from the front finds them all.
+        accepted = self._own_accepted()
+        accepted.pop(ended.fingerprint, None)
+        accepted[ended.fingerprint] = Accepted(
+            run=ended, accepted_at=ended.started_at, kept_from=max(now, self.now)
+        )
 
     def put(self, old: Holder, new: Holder) -> Holder:
         """Put ``new`` in the place of ``old`` among the holders."""
@@ -248,6 +264,7 @@ class _Work:
 
     def settle(self, now: float) -> None:
         """Expire due leases, drop waiters whose wait is over, promote the queue."""
+        self.now = now
         for holder in [h for h in self.holders if h.run.expires_at <= now]:
             # A lease ran out at its expires_at, however late it is noticed.
             self.release(holder, ReleaseReason.EXPIRED, holder.run.expires_at)
@@ -291,7 +308,7 @@ class _Work:
         cutoff = now - self.policy.dedup_window
         idle = not self.holders and not self.queue and self.settings is None
         if not self.dirty:
-            stale = not any(a.accepted_at > cutoff for a in self.accepted.values())
+            stale = not any(kept_since(a) > cutoff for a in self.accepted.values())
             if not (idle and stale and (self.accepted or self.doc.tombstones)):
                 return Transition(doc=self.doc, outcome=outcome, changes=(), dirty=False)
             # Nothing left to keep but stale entries: the guard is reclaimed.
@@ -303,7 +320,7 @@ class _Work:
         # lookups ignore it meanwhile).
         while self.accepted:
             oldest = next(iter(self.accepted))
-            if self.accepted[oldest].accepted_at > cutoff:
+            if kept_since(self.accepted[oldest]) > cutoff:
                 break
             del self._own_accepted()[oldest]
         doc = dataclasses.replace(
@@ -634,12 +651,12 @@ def _known_end(
     cutoff: float,
 ) -> Run | Tombstone | None:
     """What a guard still knows of an ended run: the run itself while its dedup entry is
-    inside the window (accepted after ``cutoff``; stale ones wait for the next write to
-    be dropped), or else its tombstone."""
+    kept (its run ended after ``cutoff``; stale ones wait for the next write to be
+    dropped), or else its tombstone."""
     for entry in reversed(list(accepted.values())):
         run = entry.run
         ended = run.operation_id == operation_id and run.ending is not None
-        if ended and entry.accepted_at > cutoff:
+        if ended and kept_since(entry) > cutoff:
             return run
     return next((t for t in reversed(list(tombstones)) if t.operation_id == operation_id), None)
 
@@ -715,7 +732,7 @@ def next_deadline(doc: GuardDoc, policy: GuardPolicy) -> float | None:
     if not times and doc.settings is None:
         if doc.accepted:
             window = policy_of(doc, policy).dedup_window
-            return max(a.accepted_at for a in doc.accepted.values()) + window
+            return max(kept_since(a) for a in doc.accepted.values()) + window
         if doc.tombstones:  # only how runs left is kept: reclaim at once
             return doc.tombstones[-1].at
     return min(times, default=None)

@@ -143,7 +143,10 @@ def _doc(doc: GuardDoc) -> dict[str, Any]:
             }
             for w in doc.queue
         ],
-        "accepted": [{"run": _run(a.run), "at": a.accepted_at} for a in doc.accepted.values()],
+        "accepted": [
+            {"run": _run(a.run), "at": a.accepted_at, "kept": a.kept_from}
+            for a in doc.accepted.values()
+        ],
         "tombstones": [
             {"op": t.operation_id, "reason": t.reason.value, "at": t.at} for t in doc.tombstones
         ],
@@ -246,7 +249,11 @@ def _from_doc(data: dict[str, Any]) -> GuardDoc:
         accepted={
             entry.run.fingerprint: entry
             for entry in (
-                Accepted(run=_from_run(a["run"]), accepted_at=float(a["at"]))
+                Accepted(
+                    run=_from_run(a["run"]),
+                    accepted_at=float(a["at"]),
+                    kept_from=float(a.get("kept", 0.0)),
+                )
                 for a in data.get("accepted", ())
             )
         },
