@@ -20,8 +20,8 @@ import contextlib
 import heapq
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from runguard.server import core
@@ -108,6 +108,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
+        self._orphans: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         """Adopt the store's settings, follow its feed and expire leases on time."""
@@ -217,7 +218,7 @@ class Coordinator:
             # carries no value): one that has changes writes the document, and
             # the expiry timer reclaims it right after.
             reclaim = transition.reclaim and not transition.changes
-            if current.version == 0:
+            if current.version <= 0:  # not stored
                 if reclaim:
                     return transition, None
                 if await self.store.guard_count() >= self.config.max_guards:
@@ -238,8 +239,17 @@ class Coordinator:
                         fencing_token=change.run.fencing_token,
                         revision=change.revision,
                     )
+            if transition.reclaim and not reclaim:
+                await self._reclaim_after(commit, transition.doc)
             return transition, commit
         raise StoreUnavailable(f"guard {guard!r} is too contended; try again")
+
+    async def _reclaim_after(self, commit: Commit, doc: GuardDoc) -> None:
+        """Reclaim a guard its own commit left with nothing to keep (that commit had changes
+        to write first). A written document's version is its commit's revision; if anything
+        moved the guard since, or the store is out of reach, the expiry timer sees to it."""
+        with contextlib.suppress(VersionConflict, StoreUnavailable):
+            await self.store.commit(commit.guard, commit.revision, doc, (), reclaim=True)
 
     def _count(self, commit: Commit) -> None:
         """Metrics of the changes this process committed (each commit counted once)."""
@@ -287,9 +297,16 @@ class Coordinator:
         key = (guard, operation_id)
         arrival = self._watch_acquired(key)
         try:
-            transition, _ = await self._apply(
-                guard, lambda doc, now: core.begin(doc, self.defaults, command, now)
+            deciding = asyncio.ensure_future(
+                self._apply(guard, lambda doc, now: core.begin(doc, self.defaults, command, now))
             )
+            try:
+                transition, _ = await asyncio.shield(deciding)
+            except asyncio.CancelledError:
+                # The caller went away while its Begin was being committed: a grant (or a
+                # place in the queue) it will never hear of is given back, not left held.
+                self._background(self._give_back(guard, deciding))
+                raise
             outcome = transition.outcome
             if isinstance(outcome, core.Queued):
                 outcome = await self._wait(guard, outcome, arrival)
@@ -369,6 +386,33 @@ class Coordinator:
         if isinstance(transition.outcome, core.Granted):
             return transition.outcome
         raise ShuttingDown(DRAINED)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` to its end even though the call that started it is gone."""
+        task = asyncio.ensure_future(work)
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
+
+    async def _give_back(
+        self, guard: str, deciding: asyncio.Future[tuple[Transition[Any], Commit | None]]
+    ) -> None:
+        try:
+            transition, _ = await deciding
+        except RunGuardError:
+            return
+        outcome = transition.outcome
+        if isinstance(outcome, core.Queued):
+            await self._abandon(guard, outcome)
+        elif isinstance(outcome, core.Granted) and not outcome.replayed:
+            try:
+                await self.end(guard, outcome.run.operation_id, outcome.lease_token)
+            except RunGuardError as error:  # its lease ends it, then
+                log.warning(
+                    "give_back_failed",
+                    guard=guard,
+                    operation_id=outcome.run.operation_id,
+                    error=str(error),
+                )
 
     async def _abandon(self, guard: str, queued: core.Queued) -> None:
         try:
@@ -503,12 +547,21 @@ class Coordinator:
         revision = commit.revision if commit is not None else self.store.revision
         return core.view(transition.doc, self.defaults), revision
 
-    async def configure(self, guard: str, settings: GuardSettings | None) -> tuple[GuardView, int]:
+    async def configure(
+        self,
+        guard: str,
+        settings: GuardSettings | Callable[[GuardPolicy], GuardSettings | None] | None,
+    ) -> tuple[GuardView, int]:
         """Give a guard settings of its own (None: follow the defaults); every replica
-        and watcher sees them. Returns the guard's state and the revision it is as of."""
-        transition, commit = await self._apply(
-            guard, lambda doc, now: core.configure(doc, self.defaults, settings, now)
-        )
+        and watcher sees them. ``settings`` may be a function of the guard's policy as the
+        store has it, applied inside the compare-and-swap, so concurrent changes of
+        different settings never lose one. Returns the guard's state and its revision."""
+
+        def step(doc: GuardDoc, now: float) -> Transition[GuardView]:
+            wanted = settings(self.policy_of(doc)) if callable(settings) else settings
+            return core.configure(doc, self.defaults, wanted, now)
+
+        transition, commit = await self._apply(guard, step)
         revision = commit.revision if commit is not None else self.store.revision
         log.info(
             "configured",
@@ -516,7 +569,7 @@ class Coordinator:
             capacity=transition.outcome.capacity,
             dedup_window=transition.outcome.dedup_window,
             max_queue=transition.outcome.max_queue,
-            own=settings is not None,
+            own=transition.outcome.configured,
             changed=commit is not None,
         )
         return transition.outcome, revision
@@ -605,6 +658,11 @@ class Coordinator:
             return
         self._deadlines[doc.name] = deadline
         heapq.heappush(self._heap, (deadline, doc.name))
+        if len(self._heap) > 2 * len(self._deadlines) + 64:
+            # Every renewal moves a deadline and leaves the old entry behind: rebuild from
+            # the deadlines in force, so the heap stays near one entry per guard.
+            self._heap = [(when, name) for name, when in self._deadlines.items()]
+            heapq.heapify(self._heap)
         if self._heap[0] == (deadline, doc.name):
             self._wake.set()
 

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from runguard.server import convert
 from runguard.server.auth import Role, audit, current_principal
 from runguard.server.coordinator import Coordinator
-from runguard.server.core import GuardSettings
+from runguard.server.core import GuardPolicy, GuardSettings
 from runguard.server.errors import (
     FieldViolation,
     InvalidArgument,
@@ -265,17 +265,20 @@ class RunGuardServicer:
         self, request: pb.ConfigureGuardRequest, context: Context
     ) -> pb.ConfigureGuardResponse:
         args = parse_configure(request)
-        settings: GuardSettings | None = None
-        if not args.reset:
-            current, _ = await self._coordinator.current(args.guard)
-            settings = GuardSettings(
+
+        def changed(current: GuardPolicy) -> GuardSettings | None:
+            """The settings asked for, the others kept as the store has them now."""
+            if args.reset:
+                return None
+            return GuardSettings(
                 capacity=current.capacity if args.capacity is None else args.capacity,
                 dedup_window=(
                     current.dedup_window if args.dedup_window is None else args.dedup_window
                 ),
                 max_queue=current.max_queue if args.max_queue is None else args.max_queue,
             )
-        view, revision = await self._coordinator.configure(args.guard, settings)
+
+        view, revision = await self._coordinator.configure(args.guard, changed)
         audit(
             "ConfigureGuard",
             request,

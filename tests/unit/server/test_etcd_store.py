@@ -71,7 +71,7 @@ async def test_a_txn_whose_fate_is_unknown_is_unavailable_not_resent(
     with pytest.raises(StoreUnavailable, match="outcome is unknown"):
         await _grant(store, "a")
     assert calls == [1]
-    assert (await store.read("g")).version == 0
+    assert (await store.read("g")).version <= 0  # still not stored
 
 
 async def test_a_lost_answer_on_a_guard_that_moved_on_is_a_conflict(

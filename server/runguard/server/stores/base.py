@@ -10,12 +10,30 @@ to offer compare-and-swap and an ordered, watchable feed.
 from __future__ import annotations
 
 import abc
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from runguard.server.core import Change, GuardDoc, GuardSettings, without_waiters_of
 
-__all__ = ["Commit", "FeedGap", "Store", "Versioned", "only_waiters_of"]
+__all__ = [
+    "RECLAIM_SHARDS",
+    "Commit",
+    "FeedGap",
+    "Store",
+    "Versioned",
+    "only_waiters_of",
+    "reclaim_shard",
+]
+
+RECLAIM_SHARDS = 256
+"""Guard names are spread over this many counts of reclaims (see ``Versioned``): a stale
+read conflicts with a reclaim of its own shard only, and no state is kept per name."""
+
+
+def reclaim_shard(guard: str) -> int:
+    """Which reclaim count a guard name belongs to."""
+    return zlib.crc32(guard.encode()) % RECLAIM_SHARDS
 
 
 def only_waiters_of(doc: GuardDoc, replica: str) -> GuardDoc:
@@ -29,7 +47,13 @@ def only_waiters_of(doc: GuardDoc, replica: str) -> GuardDoc:
 
 @dataclass(frozen=True, slots=True)
 class Versioned:
-    """A guard document and the version a compare-and-swap must name (0: never written)."""
+    """A guard document and the version a compare-and-swap must name.
+
+    A guard the store does not hold reads at a version <= 0 that names the reclaims of
+    its name's shard so far (so creating it from a read older than its own reclaim, with a
+    fencing floor that reclaim has since raised, is a VersionConflict); a stored one at a
+    version > 0.
+    """
 
     doc: GuardDoc
     version: int

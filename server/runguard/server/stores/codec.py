@@ -296,7 +296,7 @@ def _loads(text: bytes | str, build: Callable[[Any], T], what: str) -> T:
     except CodecError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CodecError(f"not a {what}: {error!r}") from error
+        raise CodecError(f"not a {what} ({type(error).__name__}: {error})") from error
 
 
 # -- the public functions ----------------------------------------------------------

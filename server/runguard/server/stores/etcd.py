@@ -11,6 +11,11 @@ Layout under the key prefix (``runguard`` unless the URL names one):
   cluster id and this id (so two prefixes of one cluster never share one).
 - ``<prefix>/meta/defaults``: the store-wide guard settings, written once by the
   first replica.
+- ``<prefix>/meta/reclaimed/<shard>``: written by every reclaim of a guard whose name
+  falls in that shard (``reclaim_shard``). A guard read as absent at revision r has the
+  version -r, and creating it compares that its shard's key was not written after r: a
+  create from a read older than the name's reclaim would start from a floor below the
+  tokens of the name's last life.
 
 Fencing: a guard written for the first time (or again after it was reclaimed)
 starts its tokens at ``FENCING_BASE + (r << 16)``, ``r`` the etcd revision its
@@ -84,7 +89,7 @@ from runguard.server.core import (
     without_waiters_of,
 )
 from runguard.server.errors import StoreUnavailable, VersionConflict
-from runguard.server.stores.base import Commit, FeedGap, Store, Versioned
+from runguard.server.stores.base import Commit, FeedGap, Store, Versioned, reclaim_shard
 from runguard.server.stores.codec import (
     CodecError,
     decode_record,
@@ -300,6 +305,10 @@ class EtcdStore(Store):
     def _key(self, guard: str) -> bytes:
         return self._guards + guard.encode()
 
+    def _reclaimed(self, guard: str) -> bytes:
+        """The key every reclaim of a name of this guard's shard writes (see read)."""
+        return f"{self._prefix}/meta/reclaimed/{reclaim_shard(guard)}".encode()
+
     def _name(self, key: bytes) -> str:
         return key[len(self._guards) :].decode()
 
@@ -415,9 +424,12 @@ class EtcdStore(Store):
         kv = await self._kv()
         found = await self._call(kv.get(self._key(guard), timeout=self._timeout))
         if not found.kvs:
-            new = self._new(guard, found.header.revision)
-            self._remember(guard, 0, new)
-            return Versioned(new, 0)
+            # Not stored as of this revision: the version names it (see commit), so a
+            # create from this read fails if the name's shard saw a reclaim since.
+            read_at = int(found.header.revision)
+            new = self._new(guard, read_at)
+            self._remember(guard, -read_at, new)
+            return Versioned(new, -read_at)
         item = found.kvs[0]
         self._see(item.mod_revision)
         doc = await self._visible(self._decode(item.value, item.mod_revision).doc)
@@ -451,15 +463,26 @@ class EtcdStore(Store):
         key = self._key(guard)
         commit_id = uuid.uuid4().hex
         value = encode_record(doc, changes, commit_id=commit_id)
-        compare = (
-            KVService.txn_compare_create_revision(key, 0)
-            if version == 0
-            else Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=version)
-        )
+        if version <= 0:
+            # Still absent, and not reclaimed since it was read absent at -version: a name
+            # reclaimed meanwhile had tokens above the floor that read saw.
+            compare = [
+                KVService.txn_compare_create_revision(key, 0),
+                Compare(
+                    result=Compare.LESS,
+                    target=Compare.MOD,
+                    key=self._reclaimed(guard),
+                    mod_revision=-version + 1,
+                ),
+            ]
+        else:
+            compare = [
+                Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=version)
+            ]
         # A waiter of another replica promoted here: that replica must still be there.
         owners = sorted(self._promoted_owners(guard, version, changes) - {self._replica, ""})
         presence = [self._presence + name.encode() for name in owners]
-        compares = [compare] + [
+        compares = compare + [
             Compare(result=Compare.GREATER, target=Compare.CREATE, key=p, create_revision=0)
             for p in presence
         ]
@@ -491,7 +514,7 @@ class EtcdStore(Store):
             revision = reply.header.revision
         self._see(revision)
         self._read_cache.pop(guard, None)
-        if version == 0:
+        if version <= 0:
             self._created += 1
         return Commit(
             revision=revision,
@@ -512,7 +535,7 @@ class EtcdStore(Store):
         try:
             reply = await kv.txn(
                 [compare],
-                [KVService.txn_op_delete(key)],
+                [KVService.txn_op_delete(key), KVService.txn_op_put(self._reclaimed(guard), b"")],
                 [],
                 timeout=self._timeout,
                 max_attempts=1,
@@ -555,7 +578,7 @@ class EtcdStore(Store):
                 return int(item.mod_revision)
             if item.mod_revision != version:
                 raise VersionConflict("the guard moved on while a write's answer was lost")
-        elif version != 0:
+        elif version > 0:
             raise VersionConflict("the guard is gone")
         raise StoreUnavailable(
             f"a write's outcome is unknown ({describe_failure(error, self._timeout)}); try again"

@@ -16,7 +16,14 @@ from collections.abc import AsyncIterator, Sequence
 
 from runguard.server.core import Change, ChangeLog, GuardDoc, GuardSettings
 from runguard.server.errors import VersionConflict
-from runguard.server.stores.base import Commit, Store, Versioned, only_waiters_of
+from runguard.server.stores.base import (
+    RECLAIM_SHARDS,
+    Commit,
+    Store,
+    Versioned,
+    only_waiters_of,
+    reclaim_shard,
+)
 from runguard.server.stores.fanout import Fanout
 
 __all__ = ["MemoryStore"]
@@ -34,6 +41,8 @@ class MemoryStore(Store):
         self._log = ChangeLog(history)
         self._feed = Fanout()
         self._defaults: GuardSettings | None = None
+        self._reclaims = [0] * RECLAIM_SHARDS
+        """Reclaims per shard of names (see ``Versioned``)."""
 
     @property
     def epoch(self) -> str:
@@ -50,7 +59,10 @@ class MemoryStore(Store):
     def _current(self, guard: str) -> Versioned:
         found = self._docs.get(guard)
         if found is None:
-            return Versioned(GuardDoc(name=guard, next_fencing=self._fencing_floor), 0)
+            return Versioned(
+                GuardDoc(name=guard, next_fencing=self._fencing_floor),
+                -self._reclaims[reclaim_shard(guard)],
+            )
         return Versioned(only_waiters_of(found.doc, self._replica), found.version)
 
     async def read(self, guard: str) -> Versioned:
@@ -78,6 +90,7 @@ class MemoryStore(Store):
         if reclaim:
             self._docs.pop(guard, None)
             self._fencing_floor = max(self._fencing_floor, doc.next_fencing)
+            self._reclaims[reclaim_shard(guard)] += 1
         else:
             self._docs[guard] = Versioned(doc, self._revision)
         self._log.append(commit.changes)

@@ -47,7 +47,14 @@ from typing import TypeVar
 
 from runguard.server.core import Change, GuardDoc, GuardSettings
 from runguard.server.errors import StoreUnavailable, VersionConflict
-from runguard.server.stores.base import Commit, Store, Versioned, only_waiters_of
+from runguard.server.stores.base import (
+    RECLAIM_SHARDS,
+    Commit,
+    Store,
+    Versioned,
+    only_waiters_of,
+    reclaim_shard,
+)
 from runguard.server.stores.codec import (
     CodecError,
     decode_change,
@@ -116,6 +123,7 @@ class SqliteStore(Store):
         self._path = Path(path)
         self._fencing_floor = fencing_floor
         self._replica = uuid.uuid4().hex[:16]
+        self._reclaims = [0] * RECLAIM_SHARDS  # reclaims per shard of names (see Versioned)
         self._history = history
         self._slack = max(1, history // 10)
         self._feed = Fanout()
@@ -216,7 +224,13 @@ class SqliteStore(Store):
         return self._replica
 
     def _new(self, guard: str) -> Versioned:
-        return Versioned(GuardDoc(name=guard, next_fencing=self._fencing_floor), 0)
+        # Not stored: version -reclaims, so a command that read the guard before another
+        # guard was reclaimed (and the fencing floor raised) cannot create it from the
+        # floor it read.
+        return Versioned(
+            GuardDoc(name=guard, next_fencing=self._fencing_floor),
+            -self._reclaims[reclaim_shard(guard)],
+        )
 
     def _decode(self, text: str) -> GuardDoc:
         """A stored document without the waiters of earlier incarnations (their calls died)."""
@@ -251,11 +265,13 @@ class SqliteStore(Store):
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute("SELECT version FROM guards WHERE name = ?", (guard,)).fetchone()
-                if (0 if row is None else int(row[0])) != version:
+                if (
+                    -self._reclaims[reclaim_shard(guard)] if row is None else int(row[0])
+                ) != version:
                     raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
                 revision = self._committed + 1
                 fence = self._fencing_floor
-                count = self._count + (-1 if reclaim else 1 if version == 0 else 0)
+                count = self._count + (-1 if reclaim else 1 if version <= 0 else 0)
                 if reclaim:
                     db.execute("DELETE FROM guards WHERE name = ?", (guard,))
                     fence = max(fence, doc.next_fencing)
@@ -283,6 +299,7 @@ class SqliteStore(Store):
                 raise
             self._kept, self._floor, self._committed = kept, floor, revision
             self._fencing_floor, self._count = fence, count
+            self._reclaims[reclaim_shard(guard)] += reclaim
             commit = Commit(
                 revision=revision,
                 guard=guard,
