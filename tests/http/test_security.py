@@ -52,6 +52,10 @@ async def call(running: Running, method: str, body: str, token: str | None = Non
     [
         pytest.param("none", "Begin", BEGIN, 401, "unauthenticated", id="no-token"),
         pytest.param("bogus", "Begin", BEGIN, 401, "unauthenticated", id="unknown-token"),
+        pytest.param(
+            "none", "ListGuards", '{"guard":"s"}', 401, "unauthenticated", id="no-token-bad-body"
+        ),
+        pytest.param("none", "Begin", "{not json", 401, "unauthenticated", id="no-token-not-json"),
         pytest.param("watcher", "Begin", BEGIN, 403, "permission_denied", id="watch-begins"),
         pytest.param("watcher", "Current", '{"guard":"g"}', 200, None, id="watch-current"),
         pytest.param("runner", "Begin", BEGIN, 200, None, id="run-begins"),

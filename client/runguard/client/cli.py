@@ -18,6 +18,7 @@ A server with TLS or tokens: ``--cacert``, ``--cert``, ``--cert-key`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -430,7 +431,7 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     def stop_child(error: LeaseLost | Cancelled) -> None:
         print(f"runguard run: {error.message}; stopping the command", file=sys.stderr)
         started.wait()
-        child[0].terminate()
+        _signal_group(child[0], signal.SIGTERM)
 
     payload = args.payload if args.payload is not None or args.key else command
     with client.run(
@@ -445,7 +446,9 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         on_lost=stop_child,
         on_cancel=stop_child,
     ) as holding:
-        child.append(subprocess.Popen(command))
+        # Its own process group: a stop reaches the whole command (a shell's children
+        # too), as GNU timeout does it.
+        child.append(subprocess.Popen(command, process_group=0))
         started.set()
         forward = _forward_signals(child[0])
         try:
@@ -470,11 +473,17 @@ def _run(client: Client, args: argparse.Namespace) -> int:
     return code
 
 
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Send ``signum`` to the command's process group (gone already: nothing to do)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
 def _forward_signals(process: subprocess.Popen[bytes]) -> Callable[[], None]:
-    """Pass SIGTERM and SIGINT on to the command; returns how to undo it."""
+    """Pass SIGTERM and SIGINT on to the command's process group; returns how to undo it."""
     previous = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, lambda n, _f: process.send_signal(n))
+        previous[signum] = signal.signal(signum, lambda n, _f: _signal_group(process, n))
 
     def restore() -> None:
         for signum, handler in previous.items():

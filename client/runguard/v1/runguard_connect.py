@@ -55,7 +55,8 @@ class RunGuardService(Protocol):
     async def end(self, request: EndRequest, ctx: RequestContext[EndRequest, EndResponse], /) -> EndResponse:
         """
         End gives a slot back. Idempotent: ENDED when this call freed the slot,
-        ALREADY_ENDED when the run was already gone.
+        ALREADY_ENDED when the run was already gone, UNKNOWN when the guard has no
+        record of that operation_id (never granted, or ended long ago).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -310,7 +311,8 @@ class RunGuardServiceClient(ConnectClient):
     ) -> EndResponse:
         """
         End gives a slot back. Idempotent: ENDED when this call freed the slot,
-        ALREADY_ENDED when the run was already gone.
+        ALREADY_ENDED when the run was already gone, UNKNOWN when the guard has no
+        record of that operation_id (never granted, or ended long ago).
         """
         return await self.execute_unary(
             request=request,
@@ -523,7 +525,8 @@ class RunGuardServiceSync(Protocol):
     def end(self, request: EndRequest, ctx: RequestContext[EndRequest, EndResponse], /) -> EndResponse:
         """
         End gives a slot back. Idempotent: ENDED when this call freed the slot,
-        ALREADY_ENDED when the run was already gone.
+        ALREADY_ENDED when the run was already gone, UNKNOWN when the guard has no
+        record of that operation_id (never granted, or ended long ago).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -776,7 +779,8 @@ class RunGuardServiceClientSync(ConnectClientSync):
     ) -> EndResponse:
         """
         End gives a slot back. Idempotent: ENDED when this call freed the slot,
-        ALREADY_ENDED when the run was already gone.
+        ALREADY_ENDED when the run was already gone, UNKNOWN when the guard has no
+        record of that operation_id (never granted, or ended long ago).
         """
         return self.execute_unary(
             request=request,

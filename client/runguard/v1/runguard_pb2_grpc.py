@@ -100,7 +100,8 @@ class RunGuardServiceServicer:
 
     def End(self, request, context):
         """End gives a slot back. Idempotent: ENDED when this call freed the slot,
-        ALREADY_ENDED when the run was already gone.
+        ALREADY_ENDED when the run was already gone, UNKNOWN when the guard has no
+        record of that operation_id (never granted, or ended long ago).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

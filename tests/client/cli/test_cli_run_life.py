@@ -106,3 +106,23 @@ def test_run_ends_with_the_commands_outcome(cli: Cli, client: Client, guard: str
     assert result.returncode == 4
     shown = json.loads(cli("get", guard, "op-f", "--json").stdout)["run"]
     assert (shown["outcome"], shown["result"]) == ("failed", {"exit_code": 4})
+
+
+def test_cancel_reaches_every_process_of_the_command(
+    server: Served, cli: Cli, client: Client, guard: str, tmp_path: Path
+) -> None:
+    """The SIGTERM of a cancel goes to the command's whole process group: a shell waiting on
+    a long child gets its trap run (the child is stopped too), not after the child ends."""
+    term = tmp_path / "term"
+    script = f"trap 'touch {shlex.quote(str(term))}; exit 0' TERM; sleep 600"
+    command = runguard_command(
+        "run", server.address, guard, "--operation-id", "op-sh", "--", "sh", "-c", script
+    )
+    with background(command) as run:
+        wait_until(lambda: holders(client, guard))
+        assert cli("cancel", guard, "op-sh").returncode == 0
+        run.communicate(timeout=30)  # far less than the child's 600 s
+    assert term.exists()
+    assert run.returncode == 0
+    assert holders(client, guard) == []
+    assert client.get_run(guard, "op-sh").outcome == "cancelled"

@@ -118,6 +118,14 @@ class HttpApp:
         if method == "OPTIONS":
             await self._preflight(send, cors)
         elif path.startswith(self._prefix):
+            if self._credentials.enabled:
+                # Who calls is known before the body is read, as on the gRPC port: a call
+                # without credentials learns nothing of the request it sent.
+                try:
+                    self._credentials.identify(headers, method=path.rpartition("/")[2])
+                except Unauthenticated as error:
+                    await send_error(send, connect_error_of(error), cors)
+                    return
             await self._connect(scope, receive, _with_headers(send, cors))
         elif path == "/v1/events" and method == "GET":
             await serve_events(
