@@ -203,11 +203,10 @@ class SqliteStore(Store):
         try:
             return await loop.run_in_executor(self._worker, work)
         except sqlite3.Error as error:
-            raise StoreUnavailable(f"sqlite store {self._path}: {error}") from error
+            # Callers see what failed, not where the file is (that is the operator's).
+            raise StoreUnavailable(f"the sqlite store failed: {error}") from error
         except CodecError as error:
-            raise StoreUnavailable(
-                f"sqlite store {self._path} holds a bad record: {error}"
-            ) from error
+            raise StoreUnavailable(f"the sqlite store holds a bad record: {error}") from error
         except RuntimeError as error:  # the worker was shut down by close()
             raise StoreUnavailable("the store is closed") from error
 
