@@ -194,8 +194,8 @@ class EtcdStore(Store):
         self._live: set[str] = {self._replica}
         self._dead: set[str] = set()
         self._read_cache: OrderedDict[str, tuple[int, GuardDoc]] = OrderedDict()
-        """The document each guard was last read as (for the commit that follows), newest
-        last, at most READ_CACHE guards: names callers invent must not grow it."""
+        """The document each guard with a queue was last read as (for the commit that
+        follows: whose waiters it promotes), newest last, at most READ_CACHE guards."""
         self._count, self._created, self._counted_at = 0, 0, -COUNT_EVERY
         self._subscribers: list[_Subscriber] = []
         self._client: Etcd3Client | None = None
@@ -437,6 +437,11 @@ class EtcdStore(Store):
         return Versioned(doc, item.mod_revision)
 
     def _remember(self, guard: str, version: int, doc: GuardDoc) -> None:
+        # Only a queue can be promoted: guards without one are not kept, so the cache
+        # holds the few guards with callers waiting, and a commit finds its read there.
+        if not doc.queue:
+            self._read_cache.pop(guard, None)
+            return
         self._read_cache[guard] = (version, doc)
         self._read_cache.move_to_end(guard)
         while len(self._read_cache) > READ_CACHE:
