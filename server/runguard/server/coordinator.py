@@ -79,7 +79,12 @@ log = structlog.get_logger("runguard")
 
 
 def _new_token() -> str:
-    return secrets.token_urlsafe(24)
+    """A lease token: 32 URL-safe characters that never start with "-", so that a shell's
+    ``--token "$TOKEN"`` is never read as a flag."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
 
 
 class Coordinator:
