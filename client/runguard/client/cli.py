@@ -211,12 +211,42 @@ def add_verbs(verbs: Any) -> None:
     run.set_defaults(command=[])  # what follows "--", split off by split_command
 
 
+FREE_VALUE_FLAGS = frozenset(
+    {
+        "--auth-token",
+        "--key",
+        "--label",
+        "--message",
+        "--operation-id",
+        "--payload",
+        "--reason",
+        "--result",
+        "--route",
+        "--token",
+    }
+)
+"""Flags whose value is free text (a token, a key, JSON, a sentence) and may start with "-"."""
+
+
 def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Split ``runguard run ... -- CMD ARGS`` into the runguard arguments and the command."""
-    if "--" not in argv:
-        return argv, []
-    at = argv.index("--")
-    return argv[:at], argv[at + 1 :]
+    """Split ``runguard run ... -- CMD ARGS`` into the runguard arguments and the command.
+
+    The value after a flag of ``FREE_VALUE_FLAGS`` is kept with it (``--token -x`` is read
+    as ``--token=-x``): argparse would take a value starting with "-" for another flag.
+    """
+    at = argv.index("--") if "--" in argv else len(argv)
+    own, command = argv[:at], argv[at + 1 :]
+    glued: list[str] = []
+    index = 0
+    while index < len(own):
+        arg = own[index]
+        if arg in FREE_VALUE_FLAGS and index + 1 < len(own):
+            glued.append(f"{arg}={own[index + 1]}")
+            index += 2
+            continue
+        glued.append(arg)
+        index += 1
+    return glued, command
 
 
 def run_usage(guard: str, extra: list[str]) -> str:

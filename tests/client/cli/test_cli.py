@@ -412,3 +412,15 @@ def test_seconds_that_are_not_finite_are_a_usage_error(
     assert done.returncode == 2
     assert "must be a finite number of seconds" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_free_text_values_may_start_with_a_dash(cli: Cli, client: Client, guard: str) -> None:
+    """A token, key or reason that starts with "-" is a value, not another flag."""
+    begun = cli("begin", guard, "--operation-id", "op-dash", "--key", "-k1", "--json")
+    assert begun.returncode == 0, begun.stderr
+    wrong = cli("end", guard, "op-dash", "--token", "-not-its-token")
+    assert wrong.returncode == 1
+    assert "wrong lease_token" in wrong.stderr
+    assert "expected one argument" not in wrong.stderr
+    token = json.loads(begun.stdout)["lease_token"]
+    assert cli("end", guard, "op-dash", "--token", token).returncode == 0
