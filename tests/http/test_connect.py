@@ -208,3 +208,26 @@ async def test_every_rpc_of_the_contract_is_served(http: Running, method: str) -
     status, body = await post_json(http, method, "{}")
     assert body.get("code") != Code.UNIMPLEMENTED.value
     assert status in (200, 400)
+
+
+async def test_every_unknown_json_field_is_named(http: Running) -> None:
+    """Each field the contract does not have gets its own violation, not just the first."""
+    code, error = await post_json(
+        http, "Current", '{"guard":"g","route":"/x","payload":{},"extra_thing":1}'
+    )
+
+    assert code == 400
+    assert sorted(violations(error)) == [
+        (name, "is not a field of runguard.v1.CurrentRequest")
+        for name in ("extra_thing", "payload", "route")
+    ]
+
+
+async def test_a_value_that_does_not_parse_is_blamed_on_its_field(http: Running) -> None:
+    """A JSON value of the wrong shape names the field it was given for."""
+    code, error = await post_json(http, "Begin", '{"guard":"generate","ttl":"abc"}')
+
+    assert code == 400
+    ((field, description),) = violations(error)
+    assert field == "ttl"
+    assert description.startswith("does not parse: ")

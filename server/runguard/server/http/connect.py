@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, cast
@@ -42,6 +43,7 @@ from runguard.v1 import runguard_connect
 __all__ = ["CallContext", "connect_app", "written"]
 
 _UNKNOWN_FIELD = re.compile(r'has no field named "([^"]{1,128})"')
+_BAD_VALUE = re.compile(r"^Failed to parse (\w{1,128}) field")
 """How google.protobuf's JSON parser names a field the message does not have."""
 
 _END = object()
@@ -94,13 +96,39 @@ class _StrictCodec:
             return self._inner.decode(data, message_class)
         except Exception as error:
             name = message_class.DESCRIPTOR.full_name
-            unknown = _UNKNOWN_FIELD.search(str(error))
+            violations = _json_violations(data, message_class.DESCRIPTOR, str(error))
             refusal = (
-                InvalidArgument([FieldViolation(unknown.group(1), f"is not a field of {name}")])
-                if unknown
+                InvalidArgument(violations)
+                if violations
                 else Undecodable(name, str(error).splitlines()[0] if str(error) else "").refusal()
             )
             raise connect_error_of(refusal) from None
+
+
+def _json_violations(data: bytes | bytearray, descriptor: Any, error: str) -> list[FieldViolation]:
+    """The fields a JSON request got wrong: every name the message has no field for, or
+    else the one field whose value does not parse. Empty when it cannot tell (binary)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict):
+        known = {f.name for f in descriptor.fields} | {f.json_name for f in descriptor.fields}
+        unknown = [key for key in body if key not in known]
+        if unknown:
+            return [
+                FieldViolation(key[:128], f"is not a field of {descriptor.full_name}")
+                for key in unknown
+            ]
+    found = _UNKNOWN_FIELD.search(error)
+    if found:
+        return [FieldViolation(found.group(1), f"is not a field of {descriptor.full_name}")]
+    bad = _BAD_VALUE.search(error)
+    if bad:
+        field = _snake(bad.group(1))
+        detail = error.split(": ", 1)[1] if ": " in error else error
+        return [FieldViolation(field, f"does not parse: {detail.splitlines()[0][:200]}")]
+    return []
 
 
 def _snake(name: str) -> str:
