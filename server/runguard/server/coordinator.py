@@ -151,12 +151,7 @@ class Coordinator:
         """Take the store's defaults, seed it with the flags' guards, warn where they differ."""
         proposed = self.config.default_settings
         stored = await self.store.defaults(proposed)
-        self.defaults = GuardPolicy(
-            capacity=stored.capacity,
-            dedup_window=stored.dedup_window,
-            max_ttl=self.config.max_ttl,
-            max_queue=stored.max_queue,
-        )
+        self.defaults = self.config.policy("").with_settings(stored)
         self._warn_mismatch(
             "",
             stored,
@@ -220,8 +215,8 @@ class Coordinator:
             if not transition.dirty:
                 return transition, None
             # A reclaim is a commit of its own, with no changes (etcd's delete
-            # carries no value): one that has changes writes the document, and
-            # the expiry timer reclaims it right after.
+            # carries no value): one that has changes writes the document first,
+            # and _reclaim_after deletes it right after.
             reclaim = transition.reclaim and not transition.changes
             if current.version <= 0:  # not stored
                 if reclaim:
@@ -361,15 +356,10 @@ class Coordinator:
                     return core.Granted(holder.run, holder.lease_token)
                 self._unwatch_acquired(key, arrival)
                 arrival = self._watch_acquired(key)
-            transition, _ = await self._apply(
-                guard,
-                lambda doc, now: core.cancel_wait(
-                    doc, self.defaults, queued.operation_id, queued.lease_token, now
-                ),
-            )
-            ended = "granted" if isinstance(transition.outcome, core.Granted) else "timeout"
+            outcome = await self._leave_queue(guard, queued)
+            ended = "granted" if isinstance(outcome, core.Granted) else "timeout"
             waited.labels(self.metrics.guard(guard), ended).observe(self._clock() - started)
-            return transition.outcome
+            return outcome
         except asyncio.CancelledError:
             # The caller went away: leave the queue, and give back a slot that
             # came too late for anybody to learn its lease token.
@@ -380,16 +370,21 @@ class Coordinator:
         finally:
             self._unwatch_acquired(key, arrival)
 
-    async def _leave_draining(self, guard: str, queued: core.Queued) -> core.Granted:
-        """Leave the queue as the server drains: the grant if it came first, else UNAVAILABLE."""
+    async def _leave_queue(self, guard: str, queued: core.Queued) -> core.Granted | Rejection:
+        """Leave the queue: the grant if the slot came first, else WAIT_TIMEOUT."""
         transition, _ = await self._apply(
             guard,
             lambda doc, now: core.cancel_wait(
                 doc, self.defaults, queued.operation_id, queued.lease_token, now
             ),
         )
-        if isinstance(transition.outcome, core.Granted):
-            return transition.outcome
+        return transition.outcome
+
+    async def _leave_draining(self, guard: str, queued: core.Queued) -> core.Granted:
+        """Leave the queue as the server drains: the grant if it came first, else UNAVAILABLE."""
+        outcome = await self._leave_queue(guard, queued)
+        if isinstance(outcome, core.Granted):
+            return outcome
         raise ShuttingDown(DRAINED)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
@@ -421,13 +416,7 @@ class Coordinator:
 
     async def _abandon(self, guard: str, queued: core.Queued) -> None:
         try:
-            transition, _ = await self._apply(
-                guard,
-                lambda doc, now: core.cancel_wait(
-                    doc, self.defaults, queued.operation_id, queued.lease_token, now
-                ),
-            )
-            if isinstance(transition.outcome, core.Granted):
+            if isinstance(await self._leave_queue(guard, queued), core.Granted):
                 await self.end(guard, queued.operation_id, queued.lease_token)
         except RunGuardError as error:
             log.warning(

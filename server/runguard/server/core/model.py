@@ -162,15 +162,10 @@ class GuardPolicy:
         if self.max_queue < 0:
             raise ValueError(f"max_queue must not be negative, got {self.max_queue}")
 
-    @property
-    def settings(self) -> GuardSettings:
-        """The part of the policy that is kept in the store."""
-        return GuardSettings(
-            capacity=self.capacity, dedup_window=self.dedup_window, max_queue=self.max_queue
-        )
-
-    def with_settings(self, settings: GuardSettings) -> GuardPolicy:
-        """This policy with ``settings`` in place of its own."""
+    def with_settings(self, settings: GuardSettings | None) -> GuardPolicy:
+        """This policy with ``settings`` in place of its own (None: this policy)."""
+        if settings is None:
+            return self
         return GuardPolicy(
             capacity=settings.capacity,
             dedup_window=settings.dedup_window,

@@ -125,8 +125,8 @@ class Transition(Generic[T]):
 
 
 def kept_since(entry: Accepted) -> float:
-    """When a dedup entry's keeping is measured from: its run's end once it ended, else its
-    acceptance. A DUPLICATE is measured from the acceptance alone (the seed's window);
+    """When a dedup entry's keeping is measured from: when its run's end was recorded, else
+    its acceptance. A DUPLICATE is measured from the acceptance alone (the seed's window);
     an ended run stays known (GetRun, a DUPLICATE's duplicate_of, a late End) for a window
     after it ended, however long it ran."""
     return max(entry.accepted_at, entry.kept_from)
@@ -134,7 +134,7 @@ def kept_since(entry: Accepted) -> float:
 
 def policy_of(doc: GuardDoc, policy: GuardPolicy) -> GuardPolicy:
     """The policy ``doc`` is run by: its own settings when it has some, else ``policy``."""
-    return policy if doc.settings is None else policy.with_settings(doc.settings)
+    return policy.with_settings(doc.settings)
 
 
 class _Work:
@@ -142,7 +142,6 @@ class _Work:
 
     def __init__(self, doc: GuardDoc, policy: GuardPolicy) -> None:
         self.doc = doc
-        self.defaults = policy
         self.settings = doc.settings
         self.policy = policy_of(doc, policy)
         self.holders = list(doc.holders)
@@ -716,7 +715,7 @@ def configure(
     work.settle(now)
     if settings != work.settings:
         work.settings = settings
-        work.policy = policy if settings is None else policy.with_settings(settings)
+        work.policy = policy.with_settings(settings)
         work.dirty = True
         work.changes.append(Change(kind=ChangeKind.CONFIGURED, run=None, state=work.view()))
         work.promote(now)
@@ -730,9 +729,8 @@ def next_deadline(doc: GuardDoc, policy: GuardPolicy) -> float | None:
     times = [h.run.expires_at for h in doc.holders] + [w.deadline for w in doc.queue]
     times += [h.progress_due for h in doc.holders if h.progress_due is not None]
     if not times and doc.settings is None:
-        if doc.accepted:
-            window = policy_of(doc, policy).dedup_window
-            return max(kept_since(a) for a in doc.accepted.values()) + window
+        if doc.accepted:  # no settings of its own: the defaults' window
+            return max(kept_since(a) for a in doc.accepted.values()) + policy.dedup_window
         if doc.tombstones:  # only how runs left is kept: reclaim at once
             return doc.tombstones[-1].at
     return min(times, default=None)
