@@ -76,6 +76,20 @@ def test_tls_client_at_a_plaintext_server_is_told_to_drop_tls(
     assert "the server does not serve TLS here" in caught.value.message
 
 
+def test_a_waiting_begin_that_gives_up_gets_the_same_hint(
+    served: Callable[..., Served], pki: Pki
+) -> None:
+    """A Begin with a wait, retried until its wait is spent, ends with the hint a TLS client
+    gets (at an mTLS port without a certificate: give one), not a plaintext client's."""
+    server = served(*_tls_args(pki), "--tls-client-ca", str(pki.ca))
+    options: dict[str, Any] = connect_options(ca=str(pki.ca))
+    client = Client(server.address, retry=ONCE, timeout=5, **options)
+    with client, pytest.raises(Unavailable) as caught:
+        client.begin("g", wait=0.5)
+    assert "--cert FILE --cert-key FILE" in caught.value.message
+    assert "--cacert FILE" not in caught.value.message
+
+
 def test_client_without_its_certificate_at_an_mtls_server_is_told_to_pass_one(
     served: Callable[..., Served], pki: Pki
 ) -> None:

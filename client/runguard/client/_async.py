@@ -156,7 +156,7 @@ class AsyncClient:
                 if pause is None:
                     if plan.may_have_won(code):
                         await self._give_back(plan)
-                    raise _error(error) from None
+                    raise _error(error, tls=self.tls) from None
                 await asyncio.sleep(pause)
                 continue
             return grant_or_raise(reply, retried=plan.attempt > 0)
@@ -170,11 +170,7 @@ class AsyncClient:
             if reply.WhichOneof("outcome") == "granted":
                 run = reply.granted.run
                 await self._stub.End(
-                    pb.EndRequest(
-                        guard=run.guard,
-                        operation_id=run.operation_id,
-                        lease_token=reply.granted.lease_token,
-                    ),
+                    end_request(run.guard, run.operation_id, reply.granted.lease_token),
                     timeout=self.timeout or 5.0,
                     metadata=self.metadata,
                 )
