@@ -1,10 +1,10 @@
 """Runs the core's transitions against a store, on time.
 
-Owns the compare-and-swap loop (read guard at v, let the core decide, swap at
-v, retry on conflict), Begins that wait in a queue, the timer that expires
-leases when they are due (not only on the next Begin), the feed task that
-hands every commit to the watch hub, and the log line of each outcome. It
-speaks core types only: no protobuf, no grpc.
+Owns Begins that wait in a queue, the timer that expires leases when they are
+due (not only on the next Begin), the feed task that hands every commit to the
+watch hub, and the log line of each outcome; commands go through
+``commands.Commands`` (the group commit). It speaks core types only: no
+protobuf, no grpc.
 
 Guard settings are the store's: at start the server proposes its flags as the
 store-wide defaults and as the settings of the guards its flags name; what the
@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import structlog
 from runguard.server import core
+from runguard.server.commands import Commands
 from runguard.server.config import ServerConfig
 from runguard.server.core import (
     BeginCommand,
@@ -48,9 +49,6 @@ from runguard.server.errors import (
     RunGuardError,
     RunNotFound,
     ShuttingDown,
-    StoreUnavailable,
-    TooManyGuards,
-    VersionConflict,
 )
 from runguard.server.hub import Hub
 from runguard.server.metrics import Metrics
@@ -59,9 +57,6 @@ from runguard.server.stores import Commit, FeedGap, Store
 __all__ = ["Coordinator"]
 
 T = TypeVar("T")
-
-CAS_ATTEMPTS = 64
-"""Compare-and-swap attempts before a command gives up as UNAVAILABLE."""
 
 EXPIRY_RETRY = 1.0
 """Seconds before a failed expiry is tried again."""
@@ -114,6 +109,9 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._orphans: set[asyncio.Future[None]] = set()
+        self._commands = Commands(
+            store, clock=clock, max_guards=config.max_guards, on_commit=self._committed
+        )
 
     async def start(self) -> None:
         """Adopt the store's settings, follow its feed and expire leases on time."""
@@ -146,6 +144,7 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._commands.close()
 
     async def _adopt_settings(self) -> None:
         """Take the store's defaults, seed it with the flags' guards, warn where they differ."""
@@ -209,47 +208,20 @@ class Coordinator:
     async def _apply(
         self, guard: str, step: Callable[[GuardDoc, float], Transition[T]]
     ) -> tuple[Transition[T], Commit | None]:
-        for _ in range(CAS_ATTEMPTS):
-            current = await self.store.read(guard)
-            transition = step(current.doc, self._clock())
-            if not transition.dirty:
-                return transition, None
-            # A reclaim is a commit of its own, with no changes (etcd's delete
-            # carries no value): one that has changes writes the document first,
-            # and _reclaim_after deletes it right after.
-            reclaim = transition.reclaim and not transition.changes
-            if current.version <= 0:  # not stored
-                if reclaim:
-                    return transition, None
-                if await self.store.guard_count() >= self.config.max_guards:
-                    raise TooManyGuards(guard, self.config.max_guards)
-            try:
-                commit = await self.store.commit(
-                    guard, current.version, transition.doc, transition.changes, reclaim=reclaim
-                )
-            except VersionConflict:
-                continue
-            self._count(commit)
-            for change in commit.changes:
-                if change.reason is ReleaseReason.EXPIRED and change.run is not None:
-                    log.info(
-                        "expired",
-                        guard=guard,
-                        operation_id=change.run.operation_id,
-                        fencing_token=change.run.fencing_token,
-                        revision=change.revision,
-                    )
-            if transition.reclaim and not reclaim:
-                await self._reclaim_after(commit, transition.doc)
-            return transition, commit
-        raise StoreUnavailable(f"guard {guard!r} is too contended; try again")
+        return await self._commands.apply(guard, step)
 
-    async def _reclaim_after(self, commit: Commit, doc: GuardDoc) -> None:
-        """Reclaim a guard its own commit left with nothing to keep (that commit had changes
-        to write first). A written document's version is its commit's revision; if anything
-        moved the guard since, or the store is out of reach, the expiry timer sees to it."""
-        with contextlib.suppress(VersionConflict, StoreUnavailable):
-            await self.store.commit(commit.guard, commit.revision, doc, (), reclaim=True)
+    def _committed(self, commit: Commit) -> None:
+        """Metrics and log lines of a commit this process made (each seen once)."""
+        self._count(commit)
+        for change in commit.changes:
+            if change.reason is ReleaseReason.EXPIRED and change.run is not None:
+                log.info(
+                    "expired",
+                    guard=commit.guard,
+                    operation_id=change.run.operation_id,
+                    fencing_token=change.run.fencing_token,
+                    revision=change.revision,
+                )
 
     def _count(self, commit: Commit) -> None:
         """Metrics of the changes this process committed (each commit counted once)."""
@@ -601,6 +573,7 @@ class Coordinator:
                 await self._recover(commit)
                 continue
             try:
+                self._commands.learn(commit)
                 if commit.reclaimed:
                     self._deadlines.pop(commit.guard, None)
                 else:
@@ -616,6 +589,7 @@ class Coordinator:
     async def _recover(self, gap: FeedGap) -> None:
         """Commits were lost from the feed: every watcher resyncs, every deadline is relearned."""
         log.warning("feed_gap", after=gap.after)
+        self._commands.forget()
         self.hub.resync_all()
         try:
             _, docs = await self.store.snapshot(None)
@@ -677,8 +651,11 @@ class Coordinator:
                 deadline, guard = self._heap[0]
                 delay = deadline - self._clock()
                 if delay > 0:
+                    # timeout(), not wait_for(): 3.11's wait_for drops a cancel that
+                    # comes as the wake does, and stop() would wait for ever.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
                     continue
                 heapq.heappop(self._heap)
                 del self._deadlines[guard]

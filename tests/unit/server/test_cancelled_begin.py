@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from runguard.server.config import ServerConfig
 from runguard.server.coordinator import Coordinator
-from runguard.server.core import Change, GuardDoc
-from runguard.server.stores import Commit, MemoryStore
+from runguard.server.stores import Batch, MemoryStore, Write
 
 
 class HeldCommits(MemoryStore):
@@ -19,19 +18,11 @@ class HeldCommits(MemoryStore):
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
-    async def commit(
-        self,
-        guard: str,
-        version: int,
-        doc: GuardDoc,
-        changes: Sequence[Change],
-        *,
-        reclaim: bool = False,
-    ) -> Commit:
+    async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         if not self.gate.is_set():
             self.waiting.set()
             await self.gate.wait()
-        return await super().commit(guard, version, doc, changes, reclaim=reclaim)
+        return await super().commit_batch(writes)
 
 
 async def test_a_grant_committed_after_its_caller_left_is_given_back() -> None:

@@ -3,55 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from runguard.server.config import ServerConfig
 from runguard.server.coordinator import SETTLES_IN_FLIGHT, Coordinator
-from runguard.server.stores import MemoryStore, Versioned
+from runguard.server.stores import Batch, MemoryStore, Write
 
 GUARDS = SETTLES_IN_FLIGHT + 8
 """More due guards than the timer settles at once."""
 
 
-class HeldReads(MemoryStore):
-    """A memory store whose reads of ``due-*`` guards wait until the test lets them go."""
+class HeldBatches(MemoryStore):
+    """A memory store whose writes of ``due-*`` guards wait until the test lets them go."""
 
     def __init__(self) -> None:
         super().__init__(fencing_floor=1)
         self.gate = asyncio.Event()
-        self.full = asyncio.Event()
-        self.waiting = 0
-        self.most_waiting = 0
+        self.held = asyncio.Event()
+        self.batches: list[int] = []
 
-    async def read(self, guard: str) -> Versioned:
-        if guard.startswith("due-") and not self.gate.is_set():
-            self.waiting += 1
-            self.most_waiting = max(self.most_waiting, self.waiting)
-            if self.waiting >= SETTLES_IN_FLIGHT:
-                self.full.set()
+    async def commit_batch(self, writes: Sequence[Write]) -> Batch:
+        due = [w for w in writes if w.guard.startswith("due-")]
+        if due:
+            self.batches.append(len(due))
+        if due and not self.gate.is_set():
+            self.held.set()
             await self.gate.wait()
-            self.waiting -= 1
-        return await super().read(guard)
+        return await super().commit_batch(writes)
 
 
-async def test_due_guards_are_settled_concurrently_and_all_reclaimed() -> None:
-    """With many one-shot guards due at once, the timer has SETTLES_IN_FLIGHT store round
-    trips open together (never more), and every guard is reclaimed in the end."""
-    store = HeldReads()
+async def test_due_guards_are_settled_together_and_all_reclaimed() -> None:
+    """With many one-shot guards due while a write of the store is held, the timer has
+    SETTLES_IN_FLIGHT of them in flight (never more), the waiting ones go in one write,
+    and every guard is reclaimed in the end."""
+    store = HeldBatches()
     coordinator = Coordinator(ServerConfig(dedup_window=0.05), store)
     await coordinator.start()
     feed = store.subscribe()
     try:
-        store.gate.set()  # Begin and End go through; only the timer's reads are held
+        store.gate.set()  # Begin and End go through; only the timer's writes are held
         for n in range(GUARDS):
             grant = await coordinator.begin(
                 f"due-{n}", operation_id="op", fingerprint="fp", ttl=None, wait=0, labels=()
             )
             assert not isinstance(grant, Exception)
             await coordinator.end(f"due-{n}", "op", grant.lease_token)  # type: ignore[union-attr]
+        store.batches.clear()
         store.gate.clear()
-        await asyncio.wait_for(store.full.wait(), 10)
-        await asyncio.sleep(0.1)  # room for one read more, if the timer allowed one
-        assert store.most_waiting == SETTLES_IN_FLIGHT
+        await asyncio.wait_for(store.held.wait(), 10)
+        await asyncio.sleep(0.1)  # room for a write more, if the timer allowed one
         store.gate.set()
         reclaimed = 0
         async with asyncio.timeout(10):
@@ -59,6 +59,8 @@ async def test_due_guards_are_settled_concurrently_and_all_reclaimed() -> None:
                 reclaimed += commit.reclaimed
                 if reclaimed == GUARDS:
                     break
+        assert sum(store.batches[:2]) == SETTLES_IN_FLIGHT
+        assert max(store.batches) > 1
         assert await store.guard_count() == 0
     finally:
         store.gate.set()

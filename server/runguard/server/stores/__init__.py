@@ -13,17 +13,19 @@ from __future__ import annotations
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from runguard.server.stores.base import Commit, FeedGap, Store, Versioned
+from runguard.server.stores.base import Batch, Commit, FeedGap, Store, Versioned, Write
 from runguard.server.stores.memory import MemoryStore
 from runguard.server.stores.sqlite import SqliteStore
 
 __all__ = [
+    "Batch",
     "Commit",
     "FeedGap",
     "MemoryStore",
     "SqliteStore",
     "Store",
     "Versioned",
+    "Write",
     "open_store",
 ]
 

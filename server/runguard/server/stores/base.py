@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from runguard.server.core import Change, GuardDoc, GuardSettings, without_waiters_of
+from runguard.server.errors import VersionConflict
 
 __all__ = [
     "RECLAIM_SHARDS",
+    "Batch",
     "Commit",
     "FeedGap",
     "Store",
     "Versioned",
+    "Write",
     "only_waiters_of",
     "reclaim_shard",
 ]
@@ -75,6 +78,38 @@ class Commit:
 
 
 @dataclass(frozen=True, slots=True)
+class Write:
+    """One guard's part of a batch: swap in ``doc`` if the guard is still at ``version``.
+
+    ``reclaim``: delete the guard instead (``doc`` has nothing left to keep).
+    ``promotes``: the servers whose waiters this write grants a slot to; a shared
+    store writes it only while each of them is still there (see ``Store.replica``).
+    """
+
+    guard: str
+    version: int
+    doc: GuardDoc
+    changes: tuple[Change, ...]
+    reclaim: bool = False
+    promotes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What became of a batch of writes.
+
+    ``commits``: the writes that landed, in the order they were given. ``moved``: the
+    guards that were no longer at the version their write named, with their current
+    value (so the caller decides again without reading). A write in neither was not
+    written and may be sent again as it is: a store that writes a batch all or nothing
+    (etcd's ``Txn``) drops the whole batch when one guard moved.
+    """
+
+    commits: tuple[Commit, ...]
+    moved: dict[str, Versioned]
+
+
+@dataclass(frozen=True, slots=True)
 class FeedGap:
     """In a feed: commits after ``after`` may be missing (a distributed store's history
     was compacted under a lagging feed). Whoever follows the feed must resync."""
@@ -111,6 +146,18 @@ class Store(abc.ABC):
         dropped instead of promoted into a slot nobody would hold.
         """
 
+    @property
+    def exclusive(self) -> bool:
+        """Whether this process is the store's only writer (one server per store): then
+        the documents of its own commits are the current ones, and a command that writes
+        nothing may be decided on them without reading the store again."""
+        return False
+
+    @property
+    def batch_limit(self) -> int:
+        """The most guards one ``commit_batch`` call may write."""
+        return 64
+
     @abc.abstractmethod
     async def read(self, guard: str) -> Versioned:
         """The guard's current document, or a new one at version 0.
@@ -123,7 +170,25 @@ class Store(abc.ABC):
         restarts.
         """
 
+    async def read_many(self, guards: Sequence[str]) -> list[Versioned]:
+        """``read`` of each guard, in order (a store may read them in one round trip)."""
+        return [await self.read(guard) for guard in guards]
+
     @abc.abstractmethod
+    async def commit_batch(self, writes: Sequence[Write]) -> Batch:
+        """Swap in each write's document if its guard is still at the write's version,
+        atomically per guard, in one round trip where the store can (one etcd ``Txn``,
+        one SQLite transaction and fsync). The guards of a batch are distinct.
+
+        Every landed write is delivered to every open ``subscribe`` iterator in revision
+        order, the commits of one revision together. Writes of one batch may share a
+        revision (etcd); their changes then follow the order of ``writes``.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached, or a write's outcome is
+                unknown; nothing of the batch is reported as written.
+        """
+
     async def commit(
         self,
         guard: str,
@@ -146,6 +211,10 @@ class Store(abc.ABC):
             VersionConflict: the guard has moved on; nothing was written.
             StoreUnavailable: the store cannot be reached; nothing was written.
         """
+        batch = await self.commit_batch([Write(guard, version, doc, tuple(changes), reclaim)])
+        if not batch.commits:
+            raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
+        return batch.commits[0]
 
     @abc.abstractmethod
     async def snapshot(self, guards: Sequence[str] | None) -> tuple[int, list[GuardDoc]]:

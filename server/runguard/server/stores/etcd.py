@@ -29,17 +29,21 @@ revision, so no answer nears gRPC's message limit however many guards exist.
 - ``<prefix>/r/<replica>``: one presence key per running RunGuard replica,
   attached to an etcd lease the replica keeps alive.
 
-Compare-and-swap is one ``Txn``: ``mod_revision == version`` (``create_revision
-== 0`` for a guard never written), then put. A ``Txn`` is sent once and never
-resent by the client library: if its answer is lost (timeout, connection cut,
-leader change), the store reads the key back and looks for its own commit id;
-a guard that moved on without it is a plain conflict (retried), and a guard
-still at the old version is reported ``StoreUnavailable`` ("outcome unknown"),
-since the write may yet land.
+Compare-and-swap is one ``Txn`` for a whole batch of guards (up to ``TXN_OPS``
+compares and ``TXN_BYTES`` of records): per guard ``mod_revision == version``
+(``create_revision == 0`` for a guard never written), then the puts, so the
+guards of a batch share one revision. A failed ``Txn`` reads every guard of the
+batch in its failure branch, so the caller decides again on the current
+documents without a read of its own. A ``Txn`` is sent once and never resent by
+the client library: if its answer is lost (timeout, connection cut, leader
+change), the store reads one of its keys back and looks for the batch's commit
+id; a guard that moved on without it is a plain conflict (sent again), and a
+guard still at the old version is reported ``StoreUnavailable`` ("outcome
+unknown"), since the write may yet land.
 
 Waiters carry the replica they wait on. A replica whose presence key is gone
 (its lease ran out: it died) has its waiters dropped from every document this
-store reads, and a commit that promotes another replica's waiter also compares
+store reads, and a write that promotes another replica's waiter also compares
 that replica's presence key, so a slot is never handed to a waiter nobody waits
 for. The holders of a dead replica keep their leases: any replica ends or
 expires them.
@@ -64,7 +68,6 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -83,13 +86,20 @@ from etcd3aio._protobuf import (
 from etcd3aio.kv import KVService, SortOrder, SortTarget
 from runguard.server.core import (
     Change,
-    ChangeKind,
     GuardDoc,
     GuardSettings,
     without_waiters_of,
 )
 from runguard.server.errors import StoreUnavailable, VersionConflict
-from runguard.server.stores.base import Commit, FeedGap, Store, Versioned, reclaim_shard
+from runguard.server.stores.base import (
+    Batch,
+    Commit,
+    FeedGap,
+    Store,
+    Versioned,
+    Write,
+    reclaim_shard,
+)
 from runguard.server.stores.codec import (
     CodecError,
     decode_record,
@@ -98,7 +108,15 @@ from runguard.server.stores.codec import (
     encode_settings,
 )
 
-__all__ = ["COUNT_EVERY", "FENCING_BASE", "PAGE", "EtcdStore", "describe_failure"]
+__all__ = [
+    "COUNT_EVERY",
+    "FENCING_BASE",
+    "PAGE",
+    "TXN_BYTES",
+    "TXN_OPS",
+    "EtcdStore",
+    "describe_failure",
+]
 
 FENCING_BASE = 1 << 52
 """Where fencing tokens of this store start: above the clock-seeded tokens (microseconds
@@ -108,8 +126,13 @@ COUNT_EVERY = 1.0
 """Seconds an etcd count of the guards is used before etcd is asked again (--max-guards is
 enforced within about that many seconds' worth of new guards across replicas)."""
 
-READ_CACHE = 10_000
-"""Guards whose last read is remembered for the commit that follows it."""
+TXN_OPS = 120
+"""Compares (and writes) one Txn holds at most: etcd refuses more than 128 by default
+(``--max-txn-ops``)."""
+
+TXN_BYTES = 1 << 20
+"""Bytes of records one Txn carries at most: etcd refuses requests above 1.5 MiB by default
+(``--max-request-bytes``)."""
 
 PAGE = 500
 """Keys per Range when reading many guards (a page of full records stays far below 4 MiB)."""
@@ -139,6 +162,21 @@ def describe_failure(error: BaseException, timeout: float) -> str:
     if isinstance(error, EtcdError | OSError):
         return f"etcd cannot be reached: {error}"
     return f"etcd failed: {type(error).__name__}"
+
+
+def _chunks(writes: Sequence[tuple[Write, bytes]]) -> list[list[tuple[Write, bytes]]]:
+    """``writes`` (with their records) in runs that each fit one Txn (see TXN_OPS, TXN_BYTES)."""
+    chunks: list[list[tuple[Write, bytes]]] = [[]]
+    ops = size = 0
+    for write, value in writes:
+        # A create compares two keys; a promoted replica adds one compare at most.
+        cost = 2 + len(write.promotes)
+        if chunks[-1] and (ops + cost > TXN_OPS or size + len(value) > TXN_BYTES):
+            chunks.append([])
+            ops = size = 0
+        chunks[-1].append((write, value))
+        ops, size = ops + cost, size + len(value)
+    return chunks if chunks[-1] else []
 
 
 def _closing(watch: AsyncIterator[Any]) -> contextlib.aclosing[AsyncGenerator[Any, None]]:
@@ -193,9 +231,6 @@ class EtcdStore(Store):
         self._replica = uuid.uuid4().hex[:16]
         self._live: set[str] = {self._replica}
         self._dead: set[str] = set()
-        self._read_cache: OrderedDict[str, tuple[int, GuardDoc]] = OrderedDict()
-        """The document each guard with a queue was last read as (for the commit that
-        follows: whose waiters it promotes), newest last, at most READ_CACHE guards."""
         self._count, self._created, self._counted_at = 0, 0, -COUNT_EVERY
         self._subscribers: list[_Subscriber] = []
         self._client: Etcd3Client | None = None
@@ -421,31 +456,33 @@ class EtcdStore(Store):
         )
 
     async def read(self, guard: str) -> Versioned:
+        return (await self.read_many([guard]))[0]
+
+    async def read_many(self, guards: Sequence[str]) -> list[Versioned]:
         kv = await self._kv()
-        found = await self._call(kv.get(self._key(guard), timeout=self._timeout))
-        if not found.kvs:
-            # Not stored as of this revision: the version names it (see commit), so a
+        found: list[Versioned] = []
+        for start in range(0, len(guards), PAGE // 5):
+            names = guards[start : start + PAGE // 5]
+            reply = await self._call(
+                kv.txn(
+                    [], [KVService.txn_op_get(self._key(n)) for n in names], timeout=self._timeout
+                )
+            )
+            read_at = int(reply.header.revision)
+            for name, answer in zip(names, reply.responses, strict=True):
+                found.append(await self._versioned(name, answer.response_range.kvs, read_at))
+        return found
+
+    async def _versioned(self, guard: str, kvs: Sequence[Any], read_at: int) -> Versioned:
+        """A guard as one Range of its key at etcd revision ``read_at`` found it."""
+        if not kvs:
+            # Not stored as of this revision: the version names it (see commit_batch), so a
             # create from this read fails if the name's shard saw a reclaim since.
-            read_at = int(found.header.revision)
-            new = self._new(guard, read_at)
-            self._remember(guard, -read_at, new)
-            return Versioned(new, -read_at)
-        item = found.kvs[0]
+            return Versioned(self._new(guard, read_at), -read_at)
+        item = kvs[0]
         self._see(item.mod_revision)
         doc = await self._visible(self._decode(item.value, item.mod_revision).doc)
-        self._remember(guard, item.mod_revision, doc)
-        return Versioned(doc, item.mod_revision)
-
-    def _remember(self, guard: str, version: int, doc: GuardDoc) -> None:
-        # Only a queue can be promoted: guards without one are not kept, so the cache
-        # holds the few guards with callers waiting, and a commit finds its read there.
-        if not doc.queue:
-            self._read_cache.pop(guard, None)
-            return
-        self._read_cache[guard] = (version, doc)
-        self._read_cache.move_to_end(guard)
-        while len(self._read_cache) > READ_CACHE:
-            self._read_cache.popitem(last=False)
+        return Versioned(doc, int(item.mod_revision))
 
     def _decode(self, value: bytes, revision: int) -> Any:
         try:
@@ -453,125 +490,137 @@ class EtcdStore(Store):
         except CodecError as error:
             raise StoreUnavailable(f"etcd holds a bad guard record: {error}") from error
 
-    async def commit(
-        self,
-        guard: str,
-        version: int,
-        doc: GuardDoc,
-        changes: Sequence[Change],
-        *,
-        reclaim: bool = False,
-    ) -> Commit:
-        if reclaim:
-            return await self._reclaim(guard, version, doc)
+    async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         kv = await self._kv()
-        key = self._key(guard)
+        # One id for the call: a Txn whose answer is lost is found by it on its own keys.
         commit_id = uuid.uuid4().hex
-        value = encode_record(doc, changes, commit_id=commit_id)
-        if version <= 0:
-            # Still absent, and not reclaimed since it was read absent at -version: a name
-            # reclaimed meanwhile had tokens above the floor that read saw.
-            compare = [
-                KVService.txn_compare_create_revision(key, 0),
-                Compare(
-                    result=Compare.LESS,
-                    target=Compare.MOD,
-                    key=self._reclaimed(guard),
-                    mod_revision=-version + 1,
-                ),
-            ]
-        else:
-            compare = [
-                Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=version)
-            ]
+        records = [
+            (w, b"" if w.reclaim else encode_record(w.doc, w.changes, commit_id=commit_id))
+            for w in writes
+        ]
+        commits: list[Commit] = []
+        moved: dict[str, Versioned] = {}
+        for chunk in _chunks(records):
+            landed, chunk_moved = await self._commit_txn(kv, chunk, commit_id)
+            commits.extend(landed)
+            moved.update(chunk_moved)
+        return Batch(tuple(commits), moved)
+
+    async def _commit_txn(
+        self, kv: KVService, records: Sequence[tuple[Write, bytes]], commit_id: str
+    ) -> tuple[list[Commit], dict[str, Versioned]]:
+        """One ``Txn`` for ``records``: a compare per guard (and per promoted waiter's
+        replica), all of them written or none."""
+        writes = [w for w, _ in records]
+        compares: list[Compare] = []
+        success: list[RequestOp] = []
+        shards: set[bytes] = set()
+        for write, value in records:
+            key = self._key(write.guard)
+            if write.version <= 0:
+                # Still absent, and not reclaimed since it was read absent at -version: a
+                # name reclaimed meanwhile had tokens above the floor that read saw.
+                compares.append(KVService.txn_compare_create_revision(key, 0))
+                compares.append(
+                    Compare(
+                        result=Compare.LESS,
+                        target=Compare.MOD,
+                        key=self._reclaimed(write.guard),
+                        mod_revision=-write.version + 1,
+                    )
+                )
+            else:
+                compares.append(
+                    Compare(
+                        result=Compare.EQUAL,
+                        target=Compare.MOD,
+                        key=key,
+                        mod_revision=write.version,
+                    )
+                )
+            if write.reclaim:
+                success.append(KVService.txn_op_delete(key))
+                shards.add(self._reclaimed(write.guard))
+            else:
+                success.append(KVService.txn_op_put(key, value))
+        # etcd refuses a Txn that writes one key twice: one put per shard of reclaims.
+        success.extend(KVService.txn_op_put(shard, b"") for shard in sorted(shards))
         # A waiter of another replica promoted here: that replica must still be there.
-        owners = sorted(self._promoted_owners(guard, version, changes) - {self._replica, ""})
+        owners = sorted(set().union(*(w.promotes for w in writes)) - {self._replica, ""})
         presence = [self._presence + name.encode() for name in owners]
-        compares = compare + [
+        compares.extend(
             Compare(result=Compare.GREATER, target=Compare.CREATE, key=p, create_revision=0)
             for p in presence
-        ]
+        )
+        failure = [KVService.txn_op_get(self._key(w.guard)) for w in writes]
+        failure.extend(KVService.txn_op_get(p) for p in presence)
         try:
             reply = await kv.txn(
                 compares,
-                [KVService.txn_op_put(key, value)],
-                [KVService.txn_op_get(key)] + [KVService.txn_op_get(p) for p in presence],
+                success,
+                failure,
                 timeout=self._timeout,
                 max_attempts=1,  # never resend a Txn: its first try may have landed
             )
         except (*_FAILURES, asyncio.CancelledError) as error:
             if isinstance(error, asyncio.CancelledError):
                 raise
-            revision = await self._resolve(key, version, commit_id, error)
+            try:
+                revision = await self._resolve(writes, commit_id, error)
+            except VersionConflict:  # it never landed: sent again, its guards' reads come back
+                return [], {}
         else:
             if not reply.succeeded:
-                current = reply.responses[0].response_range.kvs
-                moved = (current[0].mod_revision if current else 0) != version
-                for name, answer in zip(owners, reply.responses[1:], strict=True):
-                    if not answer.response_range.kvs:
-                        self._live.discard(name)
-                        self._dead.add(name)
-                raise VersionConflict(
-                    f"guard {guard!r} is no longer at version {version}"
-                    if moved
-                    else f"guard {guard!r}: a promoted waiter's replica is gone"
-                )
-            revision = reply.header.revision
+                return [], await self._moved(writes, owners, reply)
+            revision = int(reply.header.revision)
         self._see(revision)
-        self._read_cache.pop(guard, None)
-        if version <= 0:
-            self._created += 1
-        return Commit(
-            revision=revision,
-            guard=guard,
-            doc=doc,
-            changes=tuple(dataclasses.replace(c, revision=revision) for c in changes),
-        )
-
-    async def _reclaim(self, guard: str, version: int, doc: GuardDoc) -> Commit:
-        """Delete a guard left with nothing to keep, if it is still at ``version``.
-
-        A lost answer is safe to leave unresolved: the delete either landed or
-        the guard is still there to be reclaimed by a later settle.
-        """
-        kv = await self._kv()
-        key = self._key(guard)
-        compare = Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=version)
-        try:
-            reply = await kv.txn(
-                [compare],
-                [KVService.txn_op_delete(key), KVService.txn_op_put(self._reclaimed(guard), b"")],
-                [],
-                timeout=self._timeout,
-                max_attempts=1,
+        self._created += sum(1 for w in writes if w.version <= 0 and not w.reclaim)
+        return [
+            Commit(
+                revision=revision,
+                guard=w.guard,
+                doc=w.doc,
+                changes=tuple(dataclasses.replace(c, revision=revision) for c in w.changes),
+                reclaimed=w.reclaim,
             )
-        except _FAILURES as error:
-            raise StoreUnavailable(describe_failure(error, self._timeout)) from error
-        if not reply.succeeded:
-            raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
-        revision = int(reply.header.revision)
-        self._see(revision)
-        self._read_cache.pop(guard, None)
-        return Commit(revision=revision, guard=guard, doc=doc, changes=(), reclaimed=True)
+            for w in writes
+        ], {}
 
-    def _promoted_owners(self, guard: str, version: int, changes: Sequence[Change]) -> set[str]:
-        cached = self._read_cache.get(guard)
-        if cached is None or cached[0] != version:
-            return set()
-        acquired = {c.run.operation_id for c in changes if c.kind is ChangeKind.ACQUIRED and c.run}
-        return {w.owner for w in cached[1].queue if w.operation_id in acquired}
+    async def _moved(
+        self, writes: Sequence[Write], owners: Sequence[str], reply: Any
+    ) -> dict[str, Versioned]:
+        """The guards of a failed Txn that are not as their write read them, from the
+        failure branch's reads: moved on, or with a promoted waiter's replica gone."""
+        for name, answer in zip(owners, reply.responses[len(writes) :], strict=True):
+            if not answer.response_range.kvs:
+                self._live.discard(name)
+                self._dead.add(name)
+        read_at = int(reply.header.revision)
+        moved: dict[str, Versioned] = {}
+        for write, answer in zip(writes, reply.responses, strict=False):
+            current = await self._versioned(write.guard, answer.response_range.kvs, read_at)
+            # An absent guard reads at -read_at: a create always decides again on it,
+            # since its shard's reclaims cannot be compared from here.
+            if current.version != write.version or write.promotes & self._dead:
+                moved[write.guard] = current
+        return moved
 
-    async def _resolve(self, key: bytes, version: int, commit_id: str, error: BaseException) -> int:
-        """The revision of a Txn whose answer was lost, found by reading the key back.
+    async def _resolve(self, writes: Sequence[Write], commit_id: str, error: BaseException) -> int:
+        """The revision of a Txn whose answer was lost, found by reading a key back.
 
         Raises:
-            VersionConflict: the guard moved on without it; it can never land.
-            StoreUnavailable: the guard is still at ``version`` (the write may
-                yet land) or etcd cannot be read.
+            VersionConflict: the Txn can never land (a guard moved on without it).
+            StoreUnavailable: it may yet land, or etcd cannot be read.
         """
+        written = next((w for w in writes if not w.reclaim), None)
+        if written is None:  # a delete that landed or not: a later settle reclaims again
+            raise StoreUnavailable(
+                f"a write's outcome is unknown ({describe_failure(error, self._timeout)}); "
+                "try again"
+            ) from error
         kv = await self._kv()
         try:
-            found = await kv.get(key, timeout=self._timeout)
+            found = await kv.get(self._key(written.guard), timeout=self._timeout)
         except _FAILURES as read_error:
             raise StoreUnavailable(
                 f"a write's outcome is unknown ({describe_failure(error, self._timeout)}) and "
@@ -581,9 +630,9 @@ class EtcdStore(Store):
             item = found.kvs[0]
             if self._decode(item.value, item.mod_revision).commit_id == commit_id:
                 return int(item.mod_revision)
-            if item.mod_revision != version:
+            if item.mod_revision != written.version:
                 raise VersionConflict("the guard moved on while a write's answer was lost")
-        elif version > 0:
+        elif written.version > 0:
             raise VersionConflict("the guard is gone")
         raise StoreUnavailable(
             f"a write's outcome is unknown ({describe_failure(error, self._timeout)}); try again"
@@ -713,8 +762,10 @@ class EtcdStore(Store):
                             # Kept like ChangeLog: None once the oldest commit would be evicted.
                             if total - len(commits[0]) >= self._history:
                                 return None
-                        if revision >= target:
-                            return [c for commit in commits for c in commit]
+                    # Checked once the response is read: one revision (one Txn) can
+                    # write several guards, and all of its changes are replayed.
+                    if response.events and response.events[-1].kv.mod_revision >= target:
+                        return [c for commit in commits for c in commit]
         except _FAILURES as error:
             raise StoreUnavailable(describe_failure(error, self._timeout)) from error
         raise StoreUnavailable("etcd ended the history watch early; try again")
@@ -759,17 +810,25 @@ class EtcdStore(Store):
                                 subscriber.queue.put_nowait(gap)
                             next_revision = response.compact_revision + 1
                             break
-                        for event in response.events:
-                            if event.type == 0:  # PUT
-                                await self._deliver(event.kv)
-                            else:  # DELETE: the guard was reclaimed
-                                self._deliver_reclaim(event.kv)
-                            next_revision = event.kv.mod_revision + 1
+                        # Decoded first, handed on together: the commits of one
+                        # revision (one Txn) reach watchers with nothing in between.
+                        commits = [
+                            await self._decoded(event.kv)
+                            if event.type == 0  # PUT
+                            else self._reclaimed_commit(event.kv)  # DELETE: reclaimed
+                            for event in response.events
+                        ]
+                        for commit in commits:
+                            if commit is not None:
+                                self._deliver(commit)
+                        if response.events:
+                            next_revision = response.events[-1].kv.mod_revision + 1
             except _FAILURES as error:
                 log.warning("etcd_feed_failed", error=describe_failure(error, self._timeout))
                 await asyncio.sleep(0.5)
 
-    async def _deliver(self, item: Any) -> None:
+    async def _decoded(self, item: Any) -> Commit | None:
+        """The commit a guard key's PUT event records (None for a record nobody can read)."""
         revision = int(item.mod_revision)
         try:
             record = self._decode(item.value, revision)
@@ -779,28 +838,25 @@ class EtcdStore(Store):
             log.error(
                 "etcd_feed_bad_record", key=item.key.decode(errors="replace"), error=str(error)
             )
-            return
-        commit = Commit(
+            return None
+        return Commit(
             revision=revision, guard=self._name(item.key), doc=doc, changes=record.changes
         )
-        self._see(revision)
-        for subscriber in self._subscribers:
-            if revision > subscriber.after:
-                subscriber.queue.put_nowait(commit)
 
-    def _deliver_reclaim(self, item: Any) -> None:
-        revision = int(item.mod_revision)
+    def _reclaimed_commit(self, item: Any) -> Commit:
         guard = self._name(item.key)
-        commit = Commit(
-            revision=revision,
+        return Commit(
+            revision=int(item.mod_revision),
             guard=guard,
             doc=GuardDoc(name=guard, next_fencing=0),
             changes=(),
             reclaimed=True,
         )
-        self._see(revision)
+
+    def _deliver(self, commit: Commit) -> None:
+        self._see(commit.revision)
         for subscriber in self._subscribers:
-            if revision > subscriber.after:
+            if commit.revision > subscriber.after:
                 subscriber.queue.put_nowait(commit)
 
     async def _drain(self, subscriber: _Subscriber) -> AsyncIterator[Commit | FeedGap]:

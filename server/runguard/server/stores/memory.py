@@ -15,12 +15,13 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from runguard.server.core import Change, ChangeLog, GuardDoc, GuardSettings
-from runguard.server.errors import VersionConflict
 from runguard.server.stores.base import (
     RECLAIM_SHARDS,
+    Batch,
     Commit,
     Store,
     Versioned,
+    Write,
     only_waiters_of,
     reclaim_shard,
 )
@@ -68,26 +69,32 @@ class MemoryStore(Store):
     async def read(self, guard: str) -> Versioned:
         return self._current(guard)
 
-    async def commit(
-        self,
-        guard: str,
-        version: int,
-        doc: GuardDoc,
-        changes: Sequence[Change],
-        *,
-        reclaim: bool = False,
-    ) -> Commit:
-        if self._current(guard).version != version:
-            raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
+    @property
+    def exclusive(self) -> bool:
+        return True
+
+    async def commit_batch(self, writes: Sequence[Write]) -> Batch:
+        commits: list[Commit] = []
+        moved: dict[str, Versioned] = {}
+        for write in writes:
+            current = self._current(write.guard)
+            if current.version != write.version:
+                moved[write.guard] = current
+                continue
+            commits.append(self._commit(write))
+        return Batch(tuple(commits), moved)
+
+    def _commit(self, write: Write) -> Commit:
         self._revision += 1
+        guard, doc = write.guard, write.doc
         commit = Commit(
             revision=self._revision,
             guard=guard,
             doc=doc,
-            changes=tuple(dataclasses.replace(c, revision=self._revision) for c in changes),
-            reclaimed=reclaim,
+            changes=tuple(dataclasses.replace(c, revision=self._revision) for c in write.changes),
+            reclaimed=write.reclaim,
         )
-        if reclaim:
+        if write.reclaim:
             self._docs.pop(guard, None)
             self._fencing_floor = max(self._fencing_floor, doc.next_fencing)
             self._reclaims[reclaim_shard(guard)] += 1

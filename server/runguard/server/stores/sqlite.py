@@ -17,8 +17,8 @@ Waiters belong to the incarnation of the server that queued them (a random id
 per open): after a restart the old incarnation's callers are gone, so their
 waiters are left out of every read and never promoted.
 
-One commit is one SQLite transaction, so a crash leaves either all of
-a commit or none of it. ``synchronous=FULL`` by default: a commit is on disk
+One batch of commits is one SQLite transaction (one fsync), so a crash leaves
+either all of it or none of it. ``synchronous=FULL`` by default: a commit is on disk
 before Begin answers, so a grant (and its fencing token) survives a power cut
 too, not only a crash of the process (``?synchronous=normal`` trades that for
 speed: WAL without an fsync per commit still survives ``kill -9``).
@@ -46,12 +46,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from runguard.server.core import Change, GuardDoc, GuardSettings
-from runguard.server.errors import StoreUnavailable, VersionConflict
+from runguard.server.errors import StoreUnavailable
 from runguard.server.stores.base import (
     RECLAIM_SHARDS,
+    Batch,
     Commit,
     Store,
     Versioned,
+    Write,
     only_waiters_of,
     reclaim_shard,
 )
@@ -246,70 +248,95 @@ class SqliteStore(Store):
     async def read(self, guard: str) -> Versioned:
         return await self._run(lambda: self._read(guard))
 
-    async def commit(
-        self,
-        guard: str,
-        version: int,
-        doc: GuardDoc,
-        changes: Sequence[Change],
-        *,
-        reclaim: bool = False,
-    ) -> Commit:
-        text = encode_doc(doc)
-        encoded = [encode_change(c) for c in changes]
+    async def read_many(self, guards: Sequence[str]) -> list[Versioned]:
+        return await self._run(lambda: [self._read(guard) for guard in guards])
+
+    @property
+    def exclusive(self) -> bool:
+        return True  # one server process per file (the lock)
+
+    async def commit_batch(self, writes: Sequence[Write]) -> Batch:
+        encoded = [
+            (write, encode_doc(write.doc), [encode_change(c) for c in write.changes])
+            for write in writes
+        ]
         loop = asyncio.get_running_loop()
 
-        def work() -> Commit:
+        def work() -> Batch:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT version FROM guards WHERE name = ?", (guard,)).fetchone()
-                if (
-                    -self._reclaims[reclaim_shard(guard)] if row is None else int(row[0])
-                ) != version:
-                    raise VersionConflict(f"guard {guard!r} is no longer at version {version}")
-                revision = self._committed + 1
-                fence = self._fencing_floor
-                count = self._count + (-1 if reclaim else 1 if version <= 0 else 0)
-                if reclaim:
-                    db.execute("DELETE FROM guards WHERE name = ?", (guard,))
-                    fence = max(fence, doc.next_fencing)
-                    db.execute("UPDATE meta SET value = ? WHERE key = 'fence'", (str(fence),))
-                else:
-                    # The version is the revision that wrote it, so a guard
-                    # reclaimed and written again never repeats an old version.
-                    db.execute(
-                        "INSERT INTO guards VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                        "SET version = excluded.version, doc = excluded.doc",
-                        (guard, revision, text),
-                    )
-                db.executemany(
-                    "INSERT INTO changes VALUES (?, ?, ?)",
-                    [(revision, i, c) for i, c in enumerate(encoded)],
+                revision = self._committed
+                fence, count, kept, floor = (
+                    self._fencing_floor,
+                    self._count,
+                    self._kept,
+                    self._floor,
                 )
-                db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (str(revision),))
-                kept, floor = self._kept + len(encoded), self._floor
-                if kept > self._history + self._slack:
-                    kept, floor = self._prune(kept, floor)
+                reclaims = dict.fromkeys((reclaim_shard(w.guard) for w in writes), 0)
+                landed: list[Write] = []
+                moved: dict[str, Versioned] = {}
+                for write, text, changes in encoded:
+                    guard, shard = write.guard, reclaim_shard(write.guard)
+                    row = db.execute(
+                        "SELECT version FROM guards WHERE name = ?", (guard,)
+                    ).fetchone()
+                    at = -(self._reclaims[shard] + reclaims[shard]) if row is None else row[0]
+                    if at != write.version:
+                        moved[guard] = self._read(guard)
+                        continue
+                    revision += 1
+                    if write.reclaim:
+                        db.execute("DELETE FROM guards WHERE name = ?", (guard,))
+                        fence = max(fence, write.doc.next_fencing)
+                        count -= 1
+                        reclaims[shard] += 1
+                    else:
+                        # The version is the revision that wrote it, so a guard
+                        # reclaimed and written again never repeats an old version.
+                        db.execute(
+                            "INSERT INTO guards VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                            "SET version = excluded.version, doc = excluded.doc",
+                            (guard, revision, text),
+                        )
+                        count += write.version <= 0
+                    db.executemany(
+                        "INSERT INTO changes VALUES (?, ?, ?)",
+                        [(revision, i, c) for i, c in enumerate(changes)],
+                    )
+                    kept += len(changes)
+                    landed.append(write)
+                if landed:
+                    if fence != self._fencing_floor:
+                        db.execute("UPDATE meta SET value = ? WHERE key = 'fence'", (str(fence),))
+                    db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (str(revision),))
+                    if kept > self._history + self._slack:
+                        kept, floor = self._prune(kept, floor)
                 db.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
+            first = self._committed + 1
             self._kept, self._floor, self._committed = kept, floor, revision
             self._fencing_floor, self._count = fence, count
-            self._reclaims[reclaim_shard(guard)] += reclaim
-            commit = Commit(
-                revision=revision,
-                guard=guard,
-                doc=doc,
-                changes=tuple(dataclasses.replace(c, revision=revision) for c in changes),
-                reclaimed=reclaim,
+            for shard, n in reclaims.items():
+                self._reclaims[shard] += n
+            commits = tuple(
+                Commit(
+                    revision=at,
+                    guard=write.guard,
+                    doc=write.doc,
+                    changes=tuple(dataclasses.replace(c, revision=at) for c in write.changes),
+                    reclaimed=write.reclaim,
+                )
+                for at, write in enumerate(landed, start=first)
             )
             # Scheduled from this one thread in commit order, so subscribers
-            # see revision order, and before commit() resumes.
-            loop.call_soon_threadsafe(self._publish, commit)
-            return commit
+            # see revision order, and before commit_batch() resumes.
+            if commits:
+                loop.call_soon_threadsafe(self._publish, commits)
+            return Batch(commits, moved)
 
         return await self._run(work)
 
@@ -333,9 +360,10 @@ class SqliteStore(Store):
         db.execute("UPDATE meta SET value = ? WHERE key = 'floor'", (str(floor),))
         return kept - int(gone[0]), floor
 
-    def _publish(self, commit: Commit) -> None:
-        self._revision = max(self._revision, commit.revision)
-        self._feed.publish(commit)
+    def _publish(self, commits: Sequence[Commit]) -> None:
+        self._revision = max(self._revision, commits[-1].revision)
+        for commit in commits:
+            self._feed.publish(commit)
 
     def _as_of_one_revision(self, read: Callable[[], list[GuardDoc]]) -> tuple[int, list[GuardDoc]]:
         """``read``'s documents and the revision they are as of, in one read transaction."""
