@@ -211,7 +211,9 @@ class Coordinator:
         return await self._commands.apply(guard, step)
 
     def _committed(self, commit: Commit) -> None:
-        """Metrics and log lines of a commit this process made (each seen once)."""
+        """Metrics and log lines of a commit this process made (each seen once); its queued
+        callers granted here hear of it now, not once the feed brings it back."""
+        self._hand_over(commit)
         self._count(commit)
         for change in commit.changes:
             if change.reason is ReleaseReason.EXPIRED and change.run is not None:
@@ -604,7 +606,9 @@ class Coordinator:
         for change in commit.changes:
             if change.kind is not ChangeKind.ACQUIRED or change.run is None:
                 continue
-            futures = self._acquired.get((commit.guard, change.run.operation_id), [])
+            futures = self._acquired.get((commit.guard, change.run.operation_id))
+            if not futures:
+                continue
             holder = next(
                 (h for h in commit.doc.holders if h.run.operation_id == change.run.operation_id),
                 None,
