@@ -125,7 +125,9 @@ def _decode(decoder: msgspec.msgpack.Decoder[T], body: memoryview, what: str) ->
         return decoder.decode(body)
     except msgspec.DecodeError as error:  # ValidationError (a wrong field) is one too
         message = str(error)
-        raise CodecError(f"not a {what}: {message[:1].lower()}{message[1:]}") from error
+        if message[1:2].islower():  # "Expected `str`..." reads on after a colon; "JSON" keeps
+            message = message[:1].lower() + message[1:]
+        raise CodecError(f"not a {what}: {message}") from error
 
 
 def _decode_v1(value: bytes | str, build: Callable[[bytes | str], T], what: str) -> T:
