@@ -116,7 +116,7 @@ def _after_header(value: bytes | str) -> memoryview | None:
 def _encode(value: object, prefix: bytes) -> bytes:
     try:
         return prefix + _encoder.encode(value)
-    except (msgspec.EncodeError, OverflowError, TypeError) as error:
+    except (msgspec.EncodeError, OverflowError, TypeError, UnicodeEncodeError) as error:
         raise CodecError(f"cannot encode the value: {error}") from error
 
 
