@@ -17,6 +17,7 @@ from runguard.server.core import (
     end,
 )
 from runguard.server.errors import OperationConflict
+from runguard.server.stores import codec_v1
 from runguard.server.stores.codec import decode_change, decode_doc, encode_change, encode_doc
 
 POLICY = GuardPolicy(capacity=1, max_queue=10)
@@ -64,14 +65,14 @@ def test_only_the_same_principal_may_replay_a_begin(wait: float) -> None:
 
 
 def test_the_principal_survives_the_store_codec_and_old_documents_read_as_anonymous() -> None:
-    """A document and a change keep the principal through JSON; a document written before
-    principals existed (no "who") reads with principal ""."""
+    """A document and a change keep the principal through the codec; a document written
+    before principals existed (format 1 JSON without "who") reads with principal ""."""
     granted = begin(GuardDoc(name="g", next_fencing=1), POLICY, _command("a", "alice"), 0.0)
     queued = begin(granted.doc, POLICY, _command("b", "bob", wait=60), 0.0)
     assert decode_doc(encode_doc(queued.doc)) == queued.doc
     change = granted.changes[0]
     assert decode_change(encode_change(change), 0).run.principal == "alice"
-    data = json.loads(encode_doc(queued.doc))
+    data = json.loads(codec_v1.encode_doc(queued.doc))
     del data["holders"][0]["run"]["who"]
     del data["queue"][0]["who"]
     old = decode_doc(json.dumps(data))

@@ -1,44 +1,44 @@
-"""JSON for the values durable stores keep: guard documents and changes.
+"""The bytes durable stores keep: guard documents, changes, records.
 
-A store writes a :class:`GuardDoc` (and, for etcd, the changes of the commit
-that wrote it) as one JSON text and reads it back equal, field for field.
-Floats go through ``repr`` (Python's JSON does), so times round-trip exactly.
-Every object carries only its fields' values under short, stable names; a
-field added to the core later gets a default when an older text lacks it, so
-documents written by an older server stay readable.
+Format 2 (what this server writes) is MessagePack, made and read by msgspec
+straight from the core's dataclasses: each object a map of its field names to
+their values, enums by value, labels as pairs, the dedup entries as a map in
+their order. Floats are IEEE doubles, so times round-trip exactly. A field
+added to the core later must have a default; an older value that lacks it
+decodes with that default, and one that has a field this server does not know
+decodes without it.
 
-Pure functions: no I/O. A text that is not a document raises ``CodecError``
-(a ``ValueError``); stores turn it into their own error at their edge.
+Every format-2 value starts with a header: ``MAGIC`` and the format number
+(one byte). A record (etcd's value: a document with the changes of the commit
+that wrote it) then holds its commit id (a length byte and the id's UTF-8),
+so ``record_commit_id`` reads it without decoding the rest; every later
+format keeps that header. A value without the header is format 1, the JSON
+text older servers wrote (``codec_v1``): it decodes as it always did, and the
+store rewrites it in format 2 the next time it writes that guard. A value of
+a format newer than ``FORMAT`` is refused with a ``CodecError`` naming it.
+
+Store-wide settings stay JSON (format 1): written once per store, and sqlite
+keeps them as text.
+
+Pure functions: no I/O. A value that is not what was asked for raises
+``CodecError`` (a ``ValueError``) with a short sentence; stores turn it into
+their own error at their edge.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from runguard.server.core import (
-    Accepted,
-    Cancellation,
-    Change,
-    ChangeKind,
-    Ending,
-    GuardDoc,
-    GuardSettings,
-    GuardView,
-    Holder,
-    Labels,
-    ReleaseReason,
-    Run,
-    RunOutcome,
-    RunProgress,
-    Tombstone,
-    Waiter,
-)
+import msgspec
+from runguard.server.core import Change, GuardDoc, GuardSettings
+from runguard.server.stores import codec_v1
 
 __all__ = [
     "FORMAT",
+    "MAGIC",
     "CodecError",
     "Record",
     "decode_change",
@@ -49,299 +49,25 @@ __all__ = [
     "encode_doc",
     "encode_record",
     "encode_settings",
+    "record_commit_id",
 ]
 
-FORMAT = 1
-"""The version of the layout below; a text of a newer format is refused."""
+FORMAT = 2
+"""The newest format this codec reads, and the one it writes."""
+
+MAGIC = b"\xc1RG"
+"""How every value of format 2 or later starts. 0xC1 is a byte no UTF-8 text
+(so no JSON text of format 1) and no MessagePack value begins with."""
+
+_HEADER = MAGIC + bytes([FORMAT])
+_ID_MAX = 255
+"""The longest commit id a record holds, in UTF-8 bytes (its length is one byte)."""
 
 T = TypeVar("T")
 
 
 class CodecError(ValueError):
-    """A text is not a guard document or change this codec can read."""
-
-
-# -- to plain JSON values ------------------------------------------------------
-
-
-def _labels(labels: Labels) -> list[list[str]]:
-    return [[key, value] for key, value in labels]
-
-
-def _run(run: Run) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "guard": run.guard,
-        "op": run.operation_id,
-        "fp": run.fingerprint,
-        "fence": run.fencing_token,
-        "start": run.started_at,
-        "exp": run.expires_at,
-        "labels": _labels(run.labels),
-        "who": run.principal,
-    }
-    # Written only when set, so documents of runs without them stay as they were.
-    if run.progress is not None:
-        p = run.progress
-        data["progress"] = {"fraction": p.fraction, "message": p.message, "at": p.at}
-    if run.cancel is not None:
-        c = run.cancel
-        data["cancel"] = {"reason": c.reason, "by": c.by, "at": c.at}
-    if run.ending is not None:
-        e = run.ending
-        data["ending"] = {
-            "reason": e.reason.value,
-            "at": e.at,
-            "outcome": None if e.outcome is None else e.outcome.value,
-            "result": e.result,
-        }
-    return data
-
-
-def _holder(holder: Holder) -> dict[str, Any]:
-    data: dict[str, Any] = {"run": _run(holder.run), "token": holder.lease_token, "ttl": holder.ttl}
-    if holder.progress_shown_at is not None:
-        data["shown"] = holder.progress_shown_at
-    if holder.progress_due is not None:
-        data["due"] = holder.progress_due
-    return data
-
-
-def _settings(settings: GuardSettings) -> dict[str, Any]:
-    return {
-        "capacity": settings.capacity,
-        "dedup_window": settings.dedup_window,
-        "max_queue": settings.max_queue,
-    }
-
-
-def _from_settings(data: dict[str, Any]) -> GuardSettings:
-    return GuardSettings(
-        capacity=int(data["capacity"]),
-        dedup_window=float(data["dedup_window"]),
-        max_queue=int(data["max_queue"]),
-    )
-
-
-def _doc(doc: GuardDoc) -> dict[str, Any]:
-    return {
-        "settings": None if doc.settings is None else _settings(doc.settings),
-        "format": FORMAT,
-        "name": doc.name,
-        "next_fencing": doc.next_fencing,
-        "holders": [_holder(h) for h in doc.holders],
-        "queue": [
-            {
-                "op": w.operation_id,
-                "fp": w.fingerprint,
-                "token": w.lease_token,
-                "ttl": w.ttl,
-                "labels": _labels(w.labels),
-                "at": w.enqueued_at,
-                "deadline": w.deadline,
-                "owner": w.owner,
-                "who": w.principal,
-            }
-            for w in doc.queue
-        ],
-        "accepted": [
-            {"run": _run(a.run), "at": a.accepted_at, "kept": a.kept_from}
-            for a in doc.accepted.values()
-        ],
-        "tombstones": [
-            {"op": t.operation_id, "reason": t.reason.value, "at": t.at} for t in doc.tombstones
-        ],
-    }
-
-
-def _change(change: Change) -> dict[str, Any]:
-    state = change.state
-    return {
-        "kind": change.kind.value,
-        "run": None if change.run is None else _run(change.run),
-        "state": {
-            "guard": state.guard,
-            "capacity": state.capacity,
-            "holders": [_run(run) for run in state.holders],
-            "queue_length": state.queue_length,
-            "dedup_window": state.dedup_window,
-            "max_queue": state.max_queue,
-            "configured": state.configured,
-        },
-        "reason": None if change.reason is None else change.reason.value,
-    }
-
-
-# -- from plain JSON values ------------------------------------------------------
-
-
-def _from_labels(data: Any) -> Labels:
-    return tuple((str(key), str(value)) for key, value in data)
-
-
-def _from_run(data: dict[str, Any]) -> Run:
-    progress = data.get("progress")
-    cancel = data.get("cancel")
-    ending = data.get("ending")
-    return Run(
-        guard=data["guard"],
-        operation_id=data["op"],
-        fingerprint=data["fp"],
-        fencing_token=int(data["fence"]),
-        started_at=float(data["start"]),
-        expires_at=float(data["exp"]),
-        labels=_from_labels(data.get("labels", ())),
-        principal=str(data.get("who", "")),
-        progress=None
-        if progress is None
-        else RunProgress(
-            fraction=None if progress["fraction"] is None else float(progress["fraction"]),
-            message=str(progress["message"]),
-            at=float(progress["at"]),
-        ),
-        cancel=None
-        if cancel is None
-        else Cancellation(
-            reason=str(cancel["reason"]), by=str(cancel["by"]), at=float(cancel["at"])
-        ),
-        ending=None
-        if ending is None
-        else Ending(
-            reason=ReleaseReason(ending["reason"]),
-            at=float(ending["at"]),
-            outcome=None if ending["outcome"] is None else RunOutcome(ending["outcome"]),
-            result=str(ending["result"]),
-        ),
-    )
-
-
-def _from_holder(data: dict[str, Any]) -> Holder:
-    shown, due = data.get("shown"), data.get("due")
-    return Holder(
-        run=_from_run(data["run"]),
-        lease_token=data["token"],
-        ttl=float(data["ttl"]),
-        progress_shown_at=None if shown is None else float(shown),
-        progress_due=None if due is None else float(due),
-    )
-
-
-def _from_doc(data: dict[str, Any]) -> GuardDoc:
-    if data.get("format", FORMAT) > FORMAT:
-        raise CodecError(f"document format {data['format']} is newer than {FORMAT}")
-    return GuardDoc(
-        name=data["name"],
-        next_fencing=int(data["next_fencing"]),
-        holders=tuple(_from_holder(h) for h in data.get("holders", ())),
-        queue=tuple(
-            Waiter(
-                operation_id=w["op"],
-                fingerprint=w["fp"],
-                lease_token=w["token"],
-                ttl=float(w["ttl"]),
-                labels=_from_labels(w.get("labels", ())),
-                enqueued_at=float(w["at"]),
-                deadline=float(w["deadline"]),
-                owner=w.get("owner", ""),
-                principal=str(w.get("who", "")),
-            )
-            for w in data.get("queue", ())
-        ),
-        accepted={
-            entry.run.fingerprint: entry
-            for entry in (
-                Accepted(
-                    run=_from_run(a["run"]),
-                    accepted_at=float(a["at"]),
-                    kept_from=float(a.get("kept", 0.0)),
-                )
-                for a in data.get("accepted", ())
-            )
-        },
-        tombstones=tuple(
-            Tombstone(operation_id=t["op"], reason=ReleaseReason(t["reason"]), at=float(t["at"]))
-            for t in data.get("tombstones", ())
-        ),
-        settings=None if data.get("settings") is None else _from_settings(data["settings"]),
-    )
-
-
-def _from_change(data: dict[str, Any], revision: int) -> Change:
-    state = data["state"]
-    reason = data.get("reason")
-    return Change(
-        kind=ChangeKind(data["kind"]),
-        run=None if data["run"] is None else _from_run(data["run"]),
-        state=GuardView(
-            guard=state["guard"],
-            capacity=int(state["capacity"]),
-            holders=tuple(_from_run(run) for run in state["holders"]),
-            queue_length=int(state["queue_length"]),
-            dedup_window=float(state.get("dedup_window", 0.0)),
-            max_queue=int(state.get("max_queue", 0)),
-            configured=bool(state.get("configured", False)),
-        ),
-        reason=None if reason is None else ReleaseReason(reason),
-        revision=revision,
-    )
-
-
-def _dumps(value: Any) -> bytes:
-    # allow_nan=False: the core never makes a non-finite time, and JSON has none.
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _loads(text: bytes | str, build: Callable[[Any], T], what: str) -> T:
-    try:
-        return build(json.loads(text))
-    except CodecError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CodecError(f"not a {what} ({type(error).__name__}: {error})") from error
-
-
-# -- the public functions ----------------------------------------------------------
-
-
-def encode_doc(doc: GuardDoc) -> bytes:
-    """A guard document as compact UTF-8 JSON."""
-    return _dumps(_doc(doc))
-
-
-def decode_doc(text: bytes | str) -> GuardDoc:
-    """The guard document ``encode_doc`` made.
-
-    Raises:
-        CodecError: ``text`` is not such a document.
-    """
-    return _loads(text, _from_doc, "guard document")
-
-
-def encode_settings(settings: GuardSettings) -> bytes:
-    """Guard settings (the store-wide defaults) as compact UTF-8 JSON."""
-    return _dumps(_settings(settings))
-
-
-def decode_settings(text: bytes | str) -> GuardSettings:
-    """The settings ``encode_settings`` made.
-
-    Raises:
-        CodecError: ``text`` is not such settings.
-    """
-    return _loads(text, _from_settings, "guard settings")
-
-
-def encode_change(change: Change) -> bytes:
-    """A change as compact UTF-8 JSON, without its revision (the store keeps that)."""
-    return _dumps(_change(change))
-
-
-def decode_change(text: bytes | str, revision: int) -> Change:
-    """The change ``encode_change`` made, carrying ``revision``.
-
-    Raises:
-        CodecError: ``text`` is not such a change.
-    """
-    return _loads(text, lambda data: _from_change(data, revision), "change")
+    """A value is not a guard document, change or record this codec can read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,23 +83,165 @@ class Record:
     commit_id: str = ""
 
 
+_encoder = msgspec.msgpack.Encoder()
+_doc_decoder = msgspec.msgpack.Decoder(GuardDoc)
+_change_decoder = msgspec.msgpack.Decoder(Change)
+_body_decoder = msgspec.msgpack.Decoder(tuple[GuardDoc, tuple[Change, ...]])
+
+
+# -- the header ----------------------------------------------------------------
+
+
+def _after_header(value: bytes | str) -> memoryview | None:
+    """What follows the header of a value of format 2 (None: format 1, JSON text).
+
+    Raises:
+        CodecError: the header is cut short, or names a format not 2.
+    """
+    if isinstance(value, str) or not value.startswith(MAGIC):
+        return None
+    if len(value) <= len(MAGIC):
+        raise CodecError("the value is cut short inside its header")
+    found = value[len(MAGIC)]
+    if found > FORMAT:
+        raise CodecError(
+            f"the value is of format {found}, newer than this server reads (formats 1 to "
+            f"{FORMAT}): it was written by a newer RunGuard, so run that version"
+        )
+    if found < 2:
+        raise CodecError(f"the value claims format {found}, which has no header")
+    return memoryview(value)[len(_HEADER) :]
+
+
+def _encode(value: object, prefix: bytes) -> bytes:
+    try:
+        return prefix + _encoder.encode(value)
+    except (msgspec.EncodeError, OverflowError, TypeError, UnicodeEncodeError) as error:
+        raise CodecError(f"cannot encode the value: {error}") from error
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[T], body: memoryview, what: str) -> T:
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as error:  # ValidationError (a wrong field) is one too
+        message = str(error)
+        if message[1:2].islower():  # "Expected `str`..." reads on after a colon; "JSON" keeps
+            message = message[:1].lower() + message[1:]
+        raise CodecError(f"not a {what}: {message}") from error
+
+
+def _decode_v1(value: bytes | str, build: Callable[[bytes | str], T], what: str) -> T:
+    try:
+        return build(value)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CodecError(f"not a {what} ({type(error).__name__}: {error})") from error
+
+
+def _at(change: Change, revision: int) -> Change:
+    # The revision is the store's, not the value's (which holds the core's 0).
+    return change if change.revision == revision else dataclasses.replace(change, revision=revision)
+
+
+# -- the public functions --------------------------------------------------------
+
+
+def encode_doc(doc: GuardDoc) -> bytes:
+    """A guard document in format 2."""
+    return _encode(doc, _HEADER)
+
+
+def decode_doc(text: bytes | str) -> GuardDoc:
+    """The guard document ``encode_doc`` made, or one an older server wrote as JSON.
+
+    Raises:
+        CodecError: ``text`` is not such a document, or of a newer format.
+    """
+    body = _after_header(text)
+    if body is None:
+        return _decode_v1(text, codec_v1.decode_doc, "guard document")
+    return _decode(_doc_decoder, body, "guard document")
+
+
+def encode_settings(settings: GuardSettings) -> bytes:
+    """Guard settings (the store-wide defaults) as compact UTF-8 JSON (format 1)."""
+    return codec_v1.encode_settings(settings)
+
+
+def decode_settings(text: bytes | str) -> GuardSettings:
+    """The settings ``encode_settings`` made.
+
+    Raises:
+        CodecError: ``text`` is not such settings.
+    """
+    return _decode_v1(text, codec_v1.decode_settings, "guard settings")
+
+
+def encode_change(change: Change) -> bytes:
+    """A change in format 2 (its revision is the store's to give when it reads it back)."""
+    return _encode(change, _HEADER)
+
+
+def decode_change(text: bytes | str, revision: int) -> Change:
+    """The change ``encode_change`` made (or an older server's JSON), carrying ``revision``.
+
+    Raises:
+        CodecError: ``text`` is not such a change, or of a newer format.
+    """
+    body = _after_header(text)
+    if body is None:
+        return _decode_v1(text, lambda t: codec_v1.decode_change(t, revision), "change")
+    return _at(_decode(_change_decoder, body, "change"), revision)
+
+
 def encode_record(doc: GuardDoc, changes: Sequence[Change], *, commit_id: str = "") -> bytes:
-    """A guard document and the changes of the commit that wrote it, as one JSON text."""
-    return _dumps({"id": commit_id, "doc": _doc(doc), "changes": [_change(c) for c in changes]})
+    """A guard document and the changes of the commit that wrote it, in format 2.
+
+    Raises:
+        CodecError: ``commit_id`` is longer than 255 bytes in UTF-8.
+    """
+    cid = commit_id.encode()
+    if len(cid) > _ID_MAX:
+        raise CodecError(f"a commit id has at most {_ID_MAX} bytes, got {len(cid)}")
+    return _encode((doc, tuple(changes)), _HEADER + bytes([len(cid)]) + cid)
 
 
 def decode_record(text: bytes | str, revision: int) -> Record:
-    """The record ``encode_record`` made; its changes carry ``revision``.
+    """The record ``encode_record`` made (or an older server's JSON); its changes carry
+    ``revision``.
 
     Raises:
-        CodecError: ``text`` is not such a record.
+        CodecError: ``text`` is not such a record, or of a newer format.
     """
-
-    def build(data: Any) -> Record:
-        return Record(
-            doc=_from_doc(data["doc"]),
-            changes=tuple(_from_change(c, revision) for c in data["changes"]),
-            commit_id=str(data.get("id", "")),
+    rest = _after_header(text)
+    if rest is None:
+        doc, changes, commit_id = _decode_v1(
+            text, lambda t: codec_v1.decode_record(t, revision), "guard record"
         )
+        return Record(doc=doc, changes=changes, commit_id=commit_id)
+    if not rest or len(rest) <= rest[0]:
+        raise CodecError("not a guard record: it is cut short inside its commit id")
+    end = 1 + rest[0]
+    try:
+        commit_id = str(rest[1:end], "utf-8")
+    except UnicodeDecodeError as error:
+        raise CodecError("not a guard record: its commit id is not UTF-8") from error
+    doc, changes = _decode(_body_decoder, rest[end:], "guard record")
+    return Record(doc=doc, changes=tuple(_at(c, revision) for c in changes), commit_id=commit_id)
 
-    return _loads(text, build, "guard record")
+
+def record_commit_id(value: bytes) -> str | None:
+    """The commit id of a record of format 2 or later, read from its header alone.
+
+    None for a record of format 1 (its id is inside the JSON: decode it) and for
+    anything that is not a record; "" for a record written without an id.
+    """
+    start = len(_HEADER) + 1
+    if not value.startswith(MAGIC) or len(value) < start or value[len(MAGIC)] < 2:
+        return None
+    end = start + value[start - 1]
+    if len(value) < end:
+        return None
+    try:
+        return value[start:end].decode()
+    except UnicodeDecodeError:
+        return None
