@@ -2,7 +2,7 @@
 
 Layout under the key prefix (``runguard`` unless the URL names one):
 
-- ``<prefix>/g/<guard>``: one key per guard. Its value is a JSON record of the
+- ``<prefix>/g/<guard>``: one key per guard. Its value is a record (``codec``) of the
   guard's document *and the changes of the commit that wrote it*, so etcd's
   watch on ``<prefix>/g/`` is our change feed and etcd's revision of each write
   is our revision. The key's ``mod_revision`` is the document's version. A
@@ -68,6 +68,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -106,6 +107,7 @@ from runguard.server.stores.codec import (
     decode_settings,
     encode_record,
     encode_settings,
+    record_commit_id,
 )
 
 __all__ = [
@@ -129,6 +131,9 @@ enforced within about that many seconds' worth of new guards across replicas).""
 TXN_OPS = 120
 """Compares (and writes) one Txn holds at most: etcd refuses more than 128 by default
 (``--max-txn-ops``)."""
+
+SENT_KEPT = 4_096
+"""Recent Txns whose writes are kept for the feed (older ones are decoded from it)."""
 
 TXN_BYTES = 1 << 20
 """Bytes of records one Txn carries at most: etcd refuses requests above 1.5 MiB by default
@@ -233,6 +238,9 @@ class EtcdStore(Store):
         self._dead: set[str] = set()
         self._count, self._created, self._counted_at = 0, 0, -COUNT_EVERY
         self._subscribers: list[_Subscriber] = []
+        self._sent: OrderedDict[str, dict[str, Write]] = OrderedDict()
+        """The writes of this replica's recent Txns by commit id, until the feed brings
+        them back: its own commits are not decoded again."""
         self._client: Etcd3Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
@@ -552,6 +560,7 @@ class EtcdStore(Store):
             Compare(result=Compare.GREATER, target=Compare.CREATE, key=p, create_revision=0)
             for p in presence
         )
+        self._remember_sent(commit_id, writes)
         failure = [KVService.txn_op_get(self._key(w.guard)) for w in writes]
         failure.extend(KVService.txn_op_get(p) for p in presence)
         try:
@@ -568,9 +577,11 @@ class EtcdStore(Store):
             try:
                 revision = await self._resolve(writes, commit_id, error)
             except VersionConflict:  # it never landed: sent again, its guards' reads come back
+                self._sent.pop(commit_id, None)
                 return [], {}
         else:
             if not reply.succeeded:
+                self._sent.pop(commit_id, None)
                 return [], await self._moved(writes, owners, reply)
             revision = int(reply.header.revision)
         self._see(revision)
@@ -827,9 +838,36 @@ class EtcdStore(Store):
                 log.warning("etcd_feed_failed", error=describe_failure(error, self._timeout))
                 await asyncio.sleep(0.5)
 
+    def _remember_sent(self, commit_id: str, writes: Sequence[Write]) -> None:
+        """Keep a batch's writes until the feed brings them back (at most SENT_KEPT)."""
+        self._sent[commit_id] = {w.guard: w for w in writes if not w.reclaim}
+        while len(self._sent) > SENT_KEPT:
+            self._sent.popitem(last=False)
+
+    def _own(self, item: Any, revision: int) -> Commit | None:
+        """The commit of a PUT event this replica wrote, from its write: not decoded."""
+        commit_id = record_commit_id(item.value) or ""
+        sent = self._sent.get(commit_id)
+        if sent is None:
+            return None
+        write = sent.pop(self._name(item.key), None)
+        if not sent:
+            del self._sent[commit_id]
+        if write is None:
+            return None
+        return Commit(
+            revision=revision,
+            guard=write.guard,
+            doc=write.doc,
+            changes=tuple(dataclasses.replace(c, revision=revision) for c in write.changes),
+        )
+
     async def _decoded(self, item: Any) -> Commit | None:
         """The commit a guard key's PUT event records (None for a record nobody can read)."""
         revision = int(item.mod_revision)
+        own = self._own(item, revision)
+        if own is not None:
+            return own
         try:
             record = self._decode(item.value, revision)
             doc = await self._visible(record.doc)

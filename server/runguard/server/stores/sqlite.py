@@ -9,8 +9,8 @@ at once, as of its own ``expires_at``.
 
 Layout: ``meta`` (epoch, revision, the history floor, the fencing floor, the
 store-wide guard defaults), ``guards`` (name, version = the revision that last
-wrote it, JSON document), ``changes`` (revision, position in its commit, JSON
-change). A reclaimed guard's row is deleted and the fencing floor raised to
+wrote it, the document as ``codec`` writes it), ``changes`` (revision, position
+in its commit, the change). A reclaimed guard's row is deleted and the fencing floor raised to
 its next token, so the name starts above its old tokens if it comes back.
 
 Waiters belong to the incarnation of the server that queued them (a random id
