@@ -45,6 +45,10 @@ T = TypeVar("T")
 CAS_ATTEMPTS = 64
 """Compare-and-swap attempts before a command gives up as UNAVAILABLE."""
 
+WRITES_IN_FLIGHT = 4
+"""Batches written at once, each of other guards: a batch waiting on a store round trip
+does not hold up the commands of guards that are not in it."""
+
 KNOWN_GUARDS = 10_000
 """Guards whose latest document is kept (least recently used dropped first)."""
 
@@ -98,7 +102,9 @@ class Commands:
         self._limit = known
         self._known: OrderedDict[str, Versioned] = OrderedDict()
         self._pending: list[_Command] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._busy: set[str] = set()
+        """Guards in a batch being written (each guard is in one batch at a time)."""
+        self._writers: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def apply(
@@ -118,8 +124,11 @@ class Commands:
             future.set_exception(ShuttingDown("server shutting down; try again"))
             return future
         self._pending.append(_Command(guard, step, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_all(), name="runguard-commands")
+        # A busy guard's commands are taken by the writer of its batch when it is done.
+        if not self._writers or (guard not in self._busy and len(self._writers) < WRITES_IN_FLIGHT):
+            writer = asyncio.create_task(self._write_all(), name="runguard-commands")
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         return future
 
     def learn(self, commit: Commit) -> None:
@@ -142,10 +151,12 @@ class Commands:
             if not command.future.done():
                 command.future.set_exception(ShuttingDown("server shutting down; try again"))
         self._pending.clear()
-        if self._writer is not None:
-            self._writer.cancel()
+        writers = list(self._writers)
+        for writer in writers:
+            writer.cancel()
+        for writer in writers:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await writer
 
     # -- the documents kept ---------------------------------------------------
 
@@ -162,29 +173,31 @@ class Commands:
     # -- writing ----------------------------------------------------------------
 
     async def _write_all(self) -> None:
-        try:
-            while self._pending:
-                batch = self._take()
-                try:
-                    await self._run(batch)
-                except asyncio.CancelledError:
-                    for command in batch:
-                        _fail(command, ShuttingDown("server shutting down; try again"))
-                    raise
-                except Exception as error:  # every command of the batch hears of it
-                    for command in batch:
-                        _fail(command, error)
-        finally:
-            self._writer = None
+        while batch := self._take():
+            guards = {command.guard for command in batch}
+            self._busy |= guards
+            try:
+                await self._run(batch)
+            except asyncio.CancelledError:
+                for command in batch:
+                    _fail(command, ShuttingDown("server shutting down; try again"))
+                raise
+            except Exception as error:  # every command of the batch hears of it
+                for command in batch:
+                    _fail(command, error)
+            finally:
+                self._busy -= guards
 
     def _take(self) -> list[_Command]:
-        """The oldest pending commands of up to ``batch_limit`` guards (all of their
-        commands, so each guard's stay in order)."""
+        """The oldest pending commands of up to ``batch_limit`` guards no other batch is
+        writing (all of their commands, so each guard's stay in order)."""
         guards: set[str] = set()
         taken: list[_Command] = []
         left: list[_Command] = []
         for command in self._pending:
-            if command.guard in guards or len(guards) < self._store.batch_limit:
+            if command.guard in guards or (
+                command.guard not in self._busy and len(guards) < self._store.batch_limit
+            ):
                 guards.add(command.guard)
                 taken.append(command)
             else:

@@ -264,3 +264,33 @@ async def test_a_guard_that_keeps_moving_gives_up_as_unavailable() -> None:
         await commands.apply("g", grant("a"))
     assert CAS_ATTEMPTS > 1
     await commands.close()
+
+
+async def test_a_slow_write_holds_up_only_its_own_guards() -> None:
+    """While one batch waits on the store, commands of other guards are written in a batch
+    of their own; a later command of the waiting guard is written after it, in order."""
+
+    class SlowFor(CountingStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def commit_batch(self, writes: Sequence[Write]) -> Batch:
+            if any(w.guard == "slow" for w in writes):
+                await self.gate.wait()
+            return await super().commit_batch(writes)
+
+    store = SlowFor()
+    commands, seen = commands_for(store)
+    first = asyncio.ensure_future(commands.apply("slow", grant("a")))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(commands.apply("slow", release("a")))
+    _, other = await asyncio.wait_for(commands.apply("fast", grant("a")), 5)
+    assert other is not None
+    assert not first.done()
+    store.gate.set()
+    (granted, _), (ended, _) = await asyncio.gather(first, second)
+    assert granted.outcome.run.operation_id == "a"
+    assert ended.outcome.value == "ended"
+    assert [c.guard for c in seen] == ["fast", "slow", "slow"]
+    await commands.close()
