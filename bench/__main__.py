@@ -312,7 +312,7 @@ class Bench:
 
     def _start_cluster(self) -> list[Proc] | None:
         """The ``--cluster-members`` etcd cluster of the 'on N-member etcd://' rows."""
-        if "etcd" in self.skip or "etcd3" in self.skip or self._peer("etcd") is None:
+        if not self._cluster_wanted or self._peer("etcd") is None:
             return None
         members = self.args.cluster_members
         _say(f"starting a {members}-member etcd cluster")
@@ -490,14 +490,12 @@ class Bench:
             return "missing"
         return rate_cell(result)
 
-    def _part_text(self, part: str, text: str) -> str:
-        return "skipped" if part in self.skip else text
-
-    def _part_cell(self, part: str, result: LoadResult | None) -> str:
-        return self._part_text(part, rate_cell(result))
+    @property
+    def _cluster_wanted(self) -> bool:
+        return not {"etcd", "etcd3", "load"} & self.skip
 
     def _cluster_text(self, text: str) -> str:
-        return self._peer_text("etcd", self._part_text("etcd3", text))
+        return self._peer_text("etcd", text)
 
     def _cluster_cell(self, result: LoadResult | None) -> str:
         return self._cluster_text(rate_cell(result))
@@ -524,9 +522,7 @@ class Bench:
         )
         fs = filesystem_of(self.sqlite_dir)
         sqlite_text = (
-            "skipped"
-            if "sqlite" in self.skip
-            else f"a further server, --store sqlite://{self.sqlite_dir}/bench.db (synchronous="
+            f"a further server, --store sqlite://{self.sqlite_dir}/bench.db (synchronous="
             f"FULL, the default: an fsync per commit); the file on {fs}, "
             + ("--sqlite-dir" if a.sqlite_dir else "under /var/tmp")
             + (": a TMPFS, so its fsyncs cost nothing!" if fs == "tmpfs" else ", a real disk")
@@ -543,12 +539,14 @@ class Bench:
             f"  load: closed loop from {a.clients} spawned client processes "
             f"({n} in flight; 1 process for 1 in flight); {self.warmup:g} s warm-up + "
             f"{self.duration:g} s measured per row; raw grpc.aio stubs for every gRPC system",
-            f"  'on sqlite://' rows: {sqlite_text}",
+            "" if "sqlite" in self.skip else f"  'on sqlite://' rows: {sqlite_text}",
+            "" if not self._cluster_wanted else
             f"  'on {m}-member etcd://' rows: a further server whose store is a {m}-member etcd "
             f"cluster ({m} etcd processes on loopback, --initial-cluster, default heartbeat and "
             "election timeouts, data where the one-member etcd's is); its store gets every "
             f"member's endpoint (round robin); etcd's own Lock/Unlock client process i talks to "
             f"member i mod {m}; etcd CPU: the {m} members' summed",
+            "" if "stream" in self.skip else
             f"  stream ceiling: bench-only Exchange, a bidirectional stream on the same grpc.aio "
             "server answering each request message with one response; each client process "
             f"opens ONE stream and its workers pipeline their messages on it ('ONE stream': 1 "
@@ -565,6 +563,7 @@ class Bench:
                 else ""
             ),
         ]  # fmt: skip
+        out.header = [line for line in out.header if line]  # the skipped parts' lines are ""
         runs = self.load
         noop1, noopn = rate_of(runs.get("noop-1")), rate_of(runs.get(f"noop-{n}"))
         rg1, rgn = rate_of(runs.get("runguard-1")), rate_of(runs.get(f"runguard-{n}"))
@@ -585,15 +584,6 @@ class Bench:
                 vs_ceiling=ratio(rg, half),
                 vs_etcd=ratio(rg, et),
             )
-        rgsq = rate_of(runs.get(f"rgsqlite-{n}"))
-        out.row(
-            f"Begin+End through RunGuard on sqlite://, {n} in flight, distinct",
-            ceiling=report.rate_text(halfn),
-            runguard=self._part_cell("sqlite", runs.get(f"rgsqlite-{n}")),
-            etcd=self._peer_cell("etcd", runs.get(f"etcd-{n}")),
-            vs_ceiling=ratio(rgsq, halfn),
-            vs_etcd=ratio(rgsq, etn),
-        )
         cpu = {k: None if r is None else r.cpu_us_per_cycle for k, r in runs.items()}
         noop_cpu = cpu.get(f"noop-{n}")
         cycle_floor = None if noop_cpu is None else 2 * noop_cpu
@@ -606,21 +596,31 @@ class Bench:
             vs_ceiling=ratio(cpu.get(f"runguard-{n}"), cycle_floor),
             vs_etcd=ratio(cpu.get(f"runguard-{n}"), cpu.get(f"etcd-{n}")),
         )
-        out.row(
-            f"  server CPU per cycle, on sqlite://, {n} in flight, us",
-            ceiling=report.us_text(cycle_floor),
-            runguard=report.us_text(cpu.get(f"rgsqlite-{n}")),
-            vs_ceiling=ratio(cpu.get(f"rgsqlite-{n}"), cycle_floor),
-        )
-        for key, label in ((f"stream1-{n}", "ONE stream"), (f"stream-{n}", "a stream per client")):
+        if "sqlite" not in self.skip:
+            rgsq = rate_of(runs.get(f"rgsqlite-{n}"))
+            out.row(
+                f"Begin+End through RunGuard on sqlite://, {n} in flight, distinct",
+                ceiling=report.rate_text(halfn),
+                runguard=rate_cell(runs.get(f"rgsqlite-{n}")),
+                etcd=self._peer_cell("etcd", runs.get(f"etcd-{n}")),
+                vs_ceiling=ratio(rgsq, halfn),
+                vs_etcd=ratio(rgsq, etn),
+            )
+            out.row(
+                "  server CPU per cycle, us",
+                ceiling=report.us_text(cycle_floor),
+                runguard=report.us_text(cpu.get(f"rgsqlite-{n}")),
+                etcd=self._peer_text("etcd", report.us_text(cpu.get(f"etcd-{n}"))),
+                vs_ceiling=ratio(cpu.get(f"rgsqlite-{n}"), cycle_floor),
+                vs_etcd=ratio(cpu.get(f"rgsqlite-{n}"), cpu.get(f"etcd-{n}")),
+            )
+        streams = ((f"stream1-{n}", "ONE stream"), (f"stream-{n}", "a stream per client"))
+        for key, label in [] if "stream" in self.skip else streams:
             out.row(
                 f"streamed request/response msgs/s, {n} in flight, {label}",
-                ceiling=self._part_cell("stream", runs.get(key)),
+                ceiling=rate_cell(runs.get(key)),
             )
-            out.row(
-                "  server CPU per message, us",
-                ceiling=self._part_text("stream", report.us_text(cpu.get(key))),
-            )
+            out.row("  server CPU per message, us", ceiling=report.us_text(cpu.get(key)))
         out.row(
             f"contended hand-off cycles/s, {a.contended} on one",
             runguard=rate_cell(runs.get("runguard-contended")),
@@ -669,8 +669,12 @@ class Bench:
         rg3 = {k: rate_of(runs.get(f"rgetcd3-{k}")) for k in (str(n), "contended")}
         et3 = {k: rate_of(runs.get(f"etcd3-{k}")) for k in (str(n), "contended")}
         for k, label in (
-            (str(n), f"{n} in flight, distinct"),
-            ("contended", f"{a.contended} on one"),
+            (
+                (str(n), f"{n} in flight, distinct"),
+                ("contended", f"{a.contended} on one"),
+            )
+            if self._cluster_wanted
+            else ()
         ):
             out.row(
                 f"Begin+End through RunGuard on {m}-member etcd://, {label}",
@@ -760,6 +764,10 @@ class Bench:
         def rate(key: str) -> float | None:
             return rate_of(runs.get(key))
 
+        def cpu(key: str) -> float | None:
+            result = runs.get(key)
+            return None if result is None else result.cpu_us_per_cycle
+
         def target(text: str, value: float | None, goal: str, note: str = "") -> Target:
             op, bound = goal.split()
             met = None
@@ -769,6 +777,10 @@ class Bench:
 
         def missing(*keys: str) -> str:
             gone = [k for k in keys if runs.get(k) is None]
+            if "load" in self.skip or (
+                any(k.startswith("rgsqlite") for k in gone) and "sqlite" in self.skip
+            ):
+                return "skipped (--skip)"
             return f"did not run: {', '.join(gone)}" if gone else ""
 
         noop1, noopn = rate("noop-1"), rate(f"noop-{n}")
@@ -780,7 +792,13 @@ class Bench:
         p99 = [None if r is None else percentile(r.last_ns, 99) for r in (ce, rg, et)]
         kib = [None if r is None else r.kib_per_watcher for r in (ce, rg, et)]
         size = "" if biggest >= 10_000 else f"at {biggest:,} watchers, not the issue's 10,000"
-        fan_gone = "" if rg is not None and ce is not None else "fan-out did not run"
+        fan_gone = (
+            ""
+            if rg is not None and ce is not None
+            else "skipped (--skip)"
+            if "fanout" in self.skip
+            else "fan-out did not run"
+        )
         issue12 = [
             target(
                 f"Begin+End, {n} in flight, distinct: RunGuard on etcd:// / on memory://",
@@ -843,7 +861,7 @@ class Bench:
         ]
         stream1, streamn = rate(f"stream1-{n}"), rate(f"stream-{n}")
         half_stream = None if stream1 is None else stream1 / 2
-        info = [
+        clustered = [
             Target(
                 f"Begin+End, {n} in flight, distinct: RunGuard on {m}-member etcd:// / on "
                 "memory://",
@@ -875,6 +893,8 @@ class Bench:
                 None,
                 missing("etcd3-contended", "etcd-contended"),
             ),
+        ]
+        streamed = [
             Target(
                 f"stream ceiling, ONE stream, {n} in flight: messages/s / unary no-op RPCs/s",
                 ratio(stream1, rate(f"noop-{n}")),
@@ -891,6 +911,13 @@ class Bench:
                 missing(f"stream-{n}", f"noop-{n}"),
             ),
             Target(
+                "stream ceiling, ONE stream: server CPU per message / per unary no-op RPC",
+                ratio(cpu(f"stream1-{n}"), cpu(f"noop-{n}")),
+                "",
+                None,
+                missing(f"stream1-{n}", f"noop-{n}"),
+            ),
+            Target(
                 "stream ceiling, ONE stream: messages/s / etcd's contended Lock/Unlock cycles/s",
                 ratio(stream1, etc_),
                 "",
@@ -899,6 +926,9 @@ class Bench:
                 + ("-" if ratio(half_stream, etc_) is None else f"{ratio(half_stream, etc_):.2f}"),
             ),
         ]
+        info = (clustered if self._cluster_wanted else []) + (
+            [] if "stream" in self.skip else streamed
+        )
         etn = rate(f"etcd-{n}")
         issue4 = [
             target(

@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import grpc
 from runguard.server.app import RunGuardServer, configure_logging
@@ -73,12 +74,9 @@ class _Ceilings:
         future.set_result(request)
         return b""
 
-    async def exchange(self, requests: object, context: Context) -> None:
-        # read/write on the context, one message at a time: a response per request, in order.
-        while True:
-            request = await context.read()
-            if request is grpc.aio.EOF:
-                return
+    async def exchange(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        # One message at a time: a response per request, in the requests' order.
+        async for _ in requests:
             await context.write(b"")
 
     def handler(self) -> grpc.GenericRpcHandler:
