@@ -15,8 +15,8 @@ caller holds the slot or lock; ``release`` gives it back.
 - ``etcd``: ``v3lockpb.Lock(name, lease)`` and ``Unlock(key)``; each worker
   holds one lease for the whole run, as an etcd session does. The address may
   name several members (``host:port,host:port``): client process *i* talks to
-  member *i* mod their number, so a cluster's
-  load is spread over its members as RunGuard's store spreads its calls.
+  member *i* mod their number, so a cluster's load is spread over its members
+  as RunGuard's store spreads its calls.
 - ``redis``: ``SET key token NX PX ttl``, retried every ``retry_delay`` while
   taken, and a compare-and-delete Lua script.
 """
@@ -112,10 +112,13 @@ class Stream:
     async def _read(self) -> None:
         try:
             async for _ in self._call:
-                self._waiting.popleft().set_result(None)
+                waiter = self._waiting.popleft()
+                if not waiter.done():  # a worker that gave up (timed out) cancelled it
+                    waiter.set_result(None)
         except grpc.RpcError as error:
             for waiter in self._waiting:
-                waiter.set_exception(RuntimeError(f"the Exchange stream failed: {error}"))
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError(f"the Exchange stream failed: {error}"))
             raise
 
     async def acquire(self, worker: int, n: int) -> Any:
