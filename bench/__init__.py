@@ -11,8 +11,10 @@ Modules, one concept each:
 - ``__main__``: the command line and the order of the phases.
 - ``server``: the bench's RunGuard server process: the product's
   ``RunGuardServer`` plus bench-only methods on the same grpc.aio server, the
-  ceilings (a no-op unary RPC; a no-op broadcast to idle streams).
-- ``peers``: starting and stopping the processes measured (RunGuard, etcd, Redis).
+  ceilings (a no-op unary RPC; a no-op broadcast to idle streams; request/response
+  messages on one bidirectional stream).
+- ``peers``: starting and stopping the processes measured (RunGuard, etcd and an
+  etcd cluster, Redis).
 - ``systems``: one acquire/release pair per system, on raw stubs, so every
   system is driven by the same client machinery.
 - ``load``: the closed-loop load harness (throughput, hand-off latency,

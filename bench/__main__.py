@@ -8,7 +8,13 @@ Phases, in this order, on one machine:
    RunGuard, etcd and Redis (``--contended`` workers on one guard / key);
    interleaved with them, Begin+End through a second RunGuard server whose
    store is the bench's etcd (``--store etcd://…``), next to etcd's own
-   Lock/Unlock;
+   Lock/Unlock; through a third whose store is a sqlite file with
+   synchronous=FULL on a real disk (``/var/tmp`` or ``--sqlite-dir``); the
+   streaming ceiling (request/response messages pipelined on one
+   bidirectional stream per client process, the bench server's ``Exchange``);
+   then, on a ``--cluster-members`` etcd cluster started for them, etcd's
+   Lock/Unlock and Begin+End through a fourth RunGuard server on that
+   cluster, both with ``--in-flight`` on distinct keys and contended;
 2. Watch fan-out for each ``--watchers`` count: the ceiling (a no-op
    broadcast to idle streams) and RunGuard, each on a fresh server (so its
    memory before the watchers is a clean baseline), then etcd's watch of one
@@ -18,7 +24,9 @@ Phases, in this order, on one machine:
    recording every Begin/End/expiry outcome for ``--history-seconds``, the
    whole history judged by ``tests/history.py``'s checker (``bench/history.py``).
 
-Progress goes to stderr, the table to stdout.
+Progress goes to stderr, the table to stdout: every row, then every target of
+issue 12 as met / not met with its measured ratio, the new rows' ratios for
+information, issue 4's remaining targets and the history check.
 """
 
 from __future__ import annotations
@@ -41,7 +49,15 @@ from bench import report
 from bench.fanout import FanoutResult, FanoutSpec, run_fanout
 from bench.history import CAPACITIES, DEDUP_WINDOW, HistoryResult, run_history
 from bench.load import LoadResult, LoadSpec, check_shared_clock, run_load
-from bench.peers import Missing, Proc, start_etcd, start_redis, start_runguard
+from bench.peers import (
+    Missing,
+    Proc,
+    filesystem_of,
+    start_etcd,
+    start_etcd_cluster,
+    start_redis,
+    start_runguard,
+)
 from bench.profiling import Profiler, summarize
 from bench.report import Report, Target, pair_cell, percentile, rate_cell, rate_of, ratio
 
@@ -102,7 +118,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to leave out: etcd, redis, load, fanout, history",
+        help="comma-separated parts to leave out: etcd, redis, load, fanout, history, "
+        "sqlite (the sqlite:// row), etcd3 (the N-member etcd rows), stream (the stream ceiling)",
+    )
+    parser.add_argument(
+        "--cluster-members",
+        type=int,
+        default=3,
+        help="members of the etcd cluster of the 'on N-member etcd://' rows (3)",
+    )
+    parser.add_argument(
+        "--sqlite-dir",
+        type=Path,
+        help="where the sqlite:// row's database file goes; it should be a real disk, not "
+        "a tmpfs, since its fsyncs are the point (default: a new dir under /var/tmp)",
     )
     parser.add_argument(
         "--server-log-level",
@@ -133,6 +162,12 @@ def _tmpfs_root() -> Path | None:
             if len(parts) > 2 and parts[1] == "/dev/shm" and parts[2] == "tmpfs":
                 return Path(parts[1])
     return None
+
+
+def _disk_tmp() -> Path | None:
+    """/var/tmp, the temp dir meant to be on disk (FHS), when there is one."""
+    path = Path("/var/tmp")
+    return path if path.is_dir() and os.access(path, os.W_OK) else None
 
 
 def _loadavg() -> str:
@@ -168,6 +203,9 @@ class Bench:
         self.scratch = Path(tempfile.mkdtemp(prefix="runguard-bench-"))
         data_parent = args.peer_data_dir or _tmpfs_root()
         self.data_root = Path(tempfile.mkdtemp(prefix="runguard-bench-data-", dir=data_parent))
+        self.sqlite_dir = Path(
+            tempfile.mkdtemp(prefix="runguard-bench-sqlite-", dir=args.sqlite_dir or _disk_tmp())
+        )
         self.profiler = Profiler(args.profile)
         self.peers: dict[str, Proc | Missing | None] = {"etcd": None, "redis": None}
         self.started: list[Proc] = []
@@ -213,6 +251,7 @@ class Bench:
         for proc in reversed(self.started):
             proc.stop()
         shutil.rmtree(self.data_root, ignore_errors=True)
+        shutil.rmtree(self.sqlite_dir, ignore_errors=True)
         if self.args.keep or self.failures:
             _say(f"logs kept in {self.scratch}")
         else:
@@ -231,23 +270,26 @@ class Bench:
         self,
         key: str,
         system: str,
-        proc: Proc,
+        target: Proc | list[Proc],
         in_flight: int,
         contended: bool,
         pid: int | None,
+        processes: int | None = None,
     ) -> None:
-        address, cpu_pid = proc.address, proc.pid
+        procs = target if isinstance(target, list) else [target]
+        address = ",".join(p.address for p in procs)
         spec = LoadSpec(
             system=system,
             address=address,
             in_flight=in_flight,
-            processes=1 if in_flight == 1 else self.args.clients,
+            processes=processes or (1 if in_flight == 1 else self.args.clients),
             contended=contended,
             tag=key,
             warmup=self.warmup,
             duration=self.duration,
             extra={"retry_delay": self.args.redis_retry} if system == "redis" else {},
-            pid=cpu_pid,
+            pid=procs[0].pid,
+            more_pids=tuple(p.pid for p in procs[1:]),
         )
         try:
             result = run_load(spec, self._hooks(pid, key))
@@ -268,6 +310,24 @@ class Bench:
             extra += f", server CPU {cpu:.0f} us/cycle"
         _say(f"{key}: {result.rate:,.0f}/s ({result.processes} client processes){extra}")
 
+    def _start_cluster(self) -> list[Proc] | None:
+        """The ``--cluster-members`` etcd cluster of the 'on N-member etcd://' rows."""
+        if not self._cluster_wanted or self._peer("etcd") is None:
+            return None
+        members = self.args.cluster_members
+        _say(f"starting a {members}-member etcd cluster")
+        try:
+            started = start_etcd_cluster(self.scratch, self.data_root, members)
+        except RuntimeError as error:
+            started = Missing("etcd", str(error).splitlines()[0])
+        if isinstance(started, Missing):
+            self.failures.append(f"{members}-member etcd: {started.reason}")
+            _say(f"{members}-member etcd FAILED: {started.reason}")
+            return None
+        self.started.extend(started)
+        _say(f"{members}-member etcd on {', '.join(m.address for m in started)}")
+        return started
+
     def run_load_phases(self) -> None:
         """Every load row, ceiling first, systems interleaved so drift hits all alike."""
         server = self._runguard()
@@ -277,34 +337,59 @@ class Bench:
         if etcd is not None:
             on_etcd = self._runguard("--store", f"etcd://{etcd.address}/bench-load")
             _say(f"RunGuard on etcd:// server on {on_etcd.address} (pid {on_etcd.pid})")
-        n = self.args.in_flight
-        plan: list[tuple[str, str, Proc | None, int, bool]] = [
-            ("noop-1", "noop", server, 1, False),
-            ("runguard-1", "runguard", server, 1, False),
-            ("etcd-1", "etcd", etcd, 1, False),
-            ("redis-1", "redis", redis, 1, False),
-            (f"noop-{n}", "noop", server, n, False),
-            (f"runguard-{n}", "runguard", server, n, False),
-            (f"etcd-{n}", "etcd", etcd, n, False),
-            (f"rgetcd-{n}", "runguard", on_etcd, n, False),
-            (f"redis-{n}", "redis", redis, n, False),
-            ("runguard-contended", "runguard", server, self.args.contended, True),
-            ("etcd-contended", "etcd", etcd, self.args.contended, True),
-            ("rgetcd-contended", "runguard", on_etcd, self.args.contended, True),
-            ("redis-contended", "redis", redis, self.args.contended, True),
+        on_sqlite: Proc | None = None
+        if "sqlite" not in self.skip:
+            self.sqlite_dir.mkdir(parents=True, exist_ok=True)
+            on_sqlite = self._runguard("--store", f"sqlite://{self.sqlite_dir / 'bench.db'}")
+            _say(
+                f"RunGuard on sqlite:// server on {on_sqlite.address} (pid {on_sqlite.pid}), "
+                f"file in {self.sqlite_dir} ({filesystem_of(self.sqlite_dir)})"
+            )
+        cluster = self._start_cluster()
+        on_cluster: Proc | None = None
+        if cluster is not None:
+            endpoints = ",".join(m.address for m in cluster)
+            on_cluster = self._runguard("--store", f"etcd://{endpoints}/bench-load")
+            _say(f"RunGuard on {len(cluster)}-member etcd:// on {on_cluster.address}")
+        stream = None if "stream" in self.skip else server
+        n, c = self.args.in_flight, self.args.contended
+        plan: list[tuple[str, str, Proc | list[Proc] | None, int, bool, int | None]] = [
+            ("noop-1", "noop", server, 1, False, None),
+            ("runguard-1", "runguard", server, 1, False, None),
+            ("etcd-1", "etcd", etcd, 1, False, None),
+            ("redis-1", "redis", redis, 1, False, None),
+            (f"noop-{n}", "noop", server, n, False, None),
+            (f"stream1-{n}", "stream", stream, n, False, 1),
+            (f"runguard-{n}", "runguard", server, n, False, None),
+            (f"etcd-{n}", "etcd", etcd, n, False, None),
+            (f"rgetcd-{n}", "runguard", on_etcd, n, False, None),
+            (f"rgsqlite-{n}", "runguard", on_sqlite, n, False, None),
+            (f"redis-{n}", "redis", redis, n, False, None),
+            (f"stream-{n}", "stream", stream, n, False, None),
+            ("runguard-contended", "runguard", server, c, True, None),
+            ("etcd-contended", "etcd", etcd, c, True, None),
+            ("rgetcd-contended", "runguard", on_etcd, c, True, None),
+            ("redis-contended", "redis", redis, c, True, None),
+            (f"etcd3-{n}", "etcd", cluster, n, False, None),
+            (f"rgetcd3-{n}", "runguard", on_cluster, n, False, None),
+            ("etcd3-contended", "etcd", cluster, c, True, None),
+            ("rgetcd3-contended", "runguard", on_cluster, c, True, None),
         ]
-        for key, system, proc, in_flight, contended in plan:
-            if proc is None:
+        ours = [p for p in (server, on_etcd, on_sqlite, on_cluster) if p is not None]
+        for key, system, target, in_flight, contended, processes in plan:
+            if target is None:
                 self.load[key] = None
                 continue
-            pid = proc.pid if proc is server or proc is on_etcd else None
-            self._load(key, system, proc, in_flight, contended, pid)
-            for alive in (server, on_etcd):
-                if alive is not None and not alive.alive():
+            mine = isinstance(target, Proc) and any(target is p for p in ours)
+            pid = target.pid if mine and isinstance(target, Proc) else None
+            self._load(key, system, target, in_flight, contended, pid, processes)
+            for alive in ours:
+                if not alive.alive():
                     raise RuntimeError(f"a RunGuard server died:\n{alive.tail()}")
-        server.stop()
-        if on_etcd is not None:
-            on_etcd.stop()
+        for proc in ours:
+            proc.stop()
+        for member in cluster or []:
+            member.stop()
 
     def run_history_phase(self) -> None:
         """Replicas on one etcd prefix, many clients, the whole history checked."""
@@ -405,10 +490,21 @@ class Bench:
             return "missing"
         return rate_cell(result)
 
+    @property
+    def _cluster_wanted(self) -> bool:
+        return not {"etcd", "etcd3", "load"} & self.skip
+
+    def _cluster_text(self, text: str) -> str:
+        return self._peer_text("etcd", text)
+
+    def _cluster_cell(self, result: LoadResult | None) -> str:
+        return self._cluster_text(rate_cell(result))
+
     def build(self) -> Report:
         """The table and the targets."""
         a = self.args
         n = a.in_flight
+        m = a.cluster_members
         out = Report()
         cores = os.cpu_count()
         etcd, redis = self.peers["etcd"], self.peers["redis"]
@@ -424,6 +520,13 @@ class Bench:
             if isinstance(redis, Proc)
             else self._absent("redis")
         )
+        fs = filesystem_of(self.sqlite_dir)
+        sqlite_text = (
+            f"a further server, --store sqlite://{self.sqlite_dir}/bench.db (synchronous="
+            f"FULL, the default: an fsync per commit); the file on {fs}, "
+            + ("--sqlite-dir" if a.sqlite_dir else "under /var/tmp")
+            + (": a TMPFS, so its fsyncs cost nothing!" if fs == "tmpfs" else ", a real disk")
+        )
         out.header = [
             "RunGuard benchmarks"
             + (" (--quick: small sizes, a smoke run)" if a.quick else "")
@@ -436,6 +539,19 @@ class Bench:
             f"  load: closed loop from {a.clients} spawned client processes "
             f"({n} in flight; 1 process for 1 in flight); {self.warmup:g} s warm-up + "
             f"{self.duration:g} s measured per row; raw grpc.aio stubs for every gRPC system",
+            "" if "sqlite" in self.skip else f"  'on sqlite://' rows: {sqlite_text}",
+            "" if not self._cluster_wanted else
+            f"  'on {m}-member etcd://' rows: a further server whose store is a {m}-member etcd "
+            f"cluster ({m} etcd processes on loopback, --initial-cluster, default heartbeat and "
+            "election timeouts, data where the one-member etcd's is); its store gets every "
+            f"member's endpoint (round robin); etcd's own Lock/Unlock client process i talks to "
+            f"member i mod {m}; etcd CPU: the {m} members' summed",
+            "" if "stream" in self.skip else
+            f"  stream ceiling: bench-only Exchange, a bidirectional stream on the same grpc.aio "
+            "server answering each request message with one response; each client process "
+            f"opens ONE stream and its workers pipeline their messages on it ('ONE stream': 1 "
+            f"process with all {n} in flight; 'a stream per client': {a.clients} processes, "
+            f"{a.clients} streams)",
             f"  fan-out: watchers in {a.watch_processes} spawned processes, {a.per_connection} "
             f"streams per connection, {self.rounds} rounds (+2 warm-up) or {self.budget:g} s",
             "  clock: time.monotonic_ns (CLOCK_MONOTONIC), "
@@ -447,6 +563,7 @@ class Bench:
                 else ""
             ),
         ]  # fmt: skip
+        out.header = [line for line in out.header if line]  # the skipped parts' lines are ""
         runs = self.load
         noop1, noopn = rate_of(runs.get("noop-1")), rate_of(runs.get(f"noop-{n}"))
         rg1, rgn = rate_of(runs.get("runguard-1")), rate_of(runs.get(f"runguard-{n}"))
@@ -479,6 +596,31 @@ class Bench:
             vs_ceiling=ratio(cpu.get(f"runguard-{n}"), cycle_floor),
             vs_etcd=ratio(cpu.get(f"runguard-{n}"), cpu.get(f"etcd-{n}")),
         )
+        if "sqlite" not in self.skip:
+            rgsq = rate_of(runs.get(f"rgsqlite-{n}"))
+            out.row(
+                f"Begin+End through RunGuard on sqlite://, {n} in flight, distinct",
+                ceiling=report.rate_text(halfn),
+                runguard=rate_cell(runs.get(f"rgsqlite-{n}")),
+                etcd=self._peer_cell("etcd", runs.get(f"etcd-{n}")),
+                vs_ceiling=ratio(rgsq, halfn),
+                vs_etcd=ratio(rgsq, etn),
+            )
+            out.row(
+                "  server CPU per cycle, us",
+                ceiling=report.us_text(cycle_floor),
+                runguard=report.us_text(cpu.get(f"rgsqlite-{n}")),
+                etcd=self._peer_text("etcd", report.us_text(cpu.get(f"etcd-{n}"))),
+                vs_ceiling=ratio(cpu.get(f"rgsqlite-{n}"), cycle_floor),
+                vs_etcd=ratio(cpu.get(f"rgsqlite-{n}"), cpu.get(f"etcd-{n}")),
+            )
+        streams = ((f"stream1-{n}", "ONE stream"), (f"stream-{n}", "a stream per client"))
+        for key, label in [] if "stream" in self.skip else streams:
+            out.row(
+                f"streamed request/response msgs/s, {n} in flight, {label}",
+                ceiling=rate_cell(runs.get(key)),
+            )
+            out.row("  server CPU per message, us", ceiling=report.us_text(cpu.get(key)))
         out.row(
             f"contended hand-off cycles/s, {a.contended} on one",
             runguard=rate_cell(runs.get("runguard-contended")),
@@ -524,6 +666,34 @@ class Bench:
                 etcd=self._peer_text("etcd", report.us_text(cpu.get(f"etcd-{k}"))),
                 vs_etcd=ratio(cpu.get(f"rgetcd-{k}"), cpu.get(f"etcd-{k}")),
             )
+        rg3 = {k: rate_of(runs.get(f"rgetcd3-{k}")) for k in (str(n), "contended")}
+        et3 = {k: rate_of(runs.get(f"etcd3-{k}")) for k in (str(n), "contended")}
+        for k, label in (
+            (
+                (str(n), f"{n} in flight, distinct"),
+                ("contended", f"{a.contended} on one"),
+            )
+            if self._cluster_wanted
+            else ()
+        ):
+            out.row(
+                f"Begin+End through RunGuard on {m}-member etcd://, {label}",
+                runguard=self._cluster_cell(runs.get(f"rgetcd3-{k}")),
+                etcd=self._cluster_cell(runs.get(f"etcd3-{k}")),
+                vs_etcd=ratio(rg3[k], et3[k]),
+            )
+            if k == "contended":
+                out.row(
+                    "  release -> next grant, p50 / p99 ms",
+                    runguard=self._cluster_text(handoff("rgetcd3-contended")),
+                    etcd=self._cluster_text(handoff("etcd3-contended")),
+                )
+            out.row(
+                f"  server CPU per cycle, us (RunGuard's process; etcd's {m} members)",
+                runguard=self._cluster_text(report.us_text(cpu.get(f"rgetcd3-{k}"))),
+                etcd=self._cluster_text(report.us_text(cpu.get(f"etcd3-{k}"))),
+                vs_etcd=ratio(cpu.get(f"rgetcd3-{k}"), cpu.get(f"etcd3-{k}")),
+            )
         if "load" in self.skip:
             del out.rows[first_load_row:]
         for watchers in [] if "fanout" in self.skip else self.watchers:
@@ -566,87 +736,7 @@ class Bench:
             "fan-out: ratio of the p99s and of memory, lower is better).",
         ]
 
-        def judged(value: float | None, ok: Callable[[float], bool]) -> bool | None:
-            return None if value is None else ok(value)
-
-        r_ceiling = ratio(rgn, halfn)
-        out.targets.append(
-            Target(
-                f"Begin+End, {n} in flight / half the no-op rate",
-                r_ceiling,
-                ">= 0.80",
-                judged(r_ceiling, lambda v: v >= 0.8),
-            )
-        )
-        r_contended = ratio(rgc, etc_)
-        out.targets.append(
-            Target(
-                "contended hand-off / etcd contended Lock/Unlock",
-                r_contended,
-                ">= 2.00",
-                judged(r_contended, lambda v: v >= 2.0),
-                "" if etc_ is not None else "etcd did not run",
-            )
-        )
-        r_etcd = ratio(rgn, etn)
-        bound = ratio(halfn, etn)
-        out.targets.append(
-            Target(
-                f"Begin+End, {n} in flight / etcd Lock/Unlock, {n} in flight, distinct keys",
-                r_etcd,
-                ">= 1.00",
-                judged(r_etcd, lambda v: v >= 1.0),
-                "etcd did not run"
-                if etn is None
-                else f"bound: half the no-op ceiling itself is {bound:.2f}x etcd's rate"
-                if bound is not None and r_etcd is not None and r_etcd < 1.0
-                else "",
-            )
-        )
-        biggest = max(self.watchers)
-        ce, rg, et = (self.fanout.get((s, biggest)) for s in ("noop", "runguard", "etcd"))
-        size_note = "" if biggest >= 10_000 else f"at {biggest:,} watchers, not the issue's 10,000"
-        p99 = [None if r is None else percentile(r.last_ns, 99) for r in (ce, rg, et)]
-        r_watch = ratio(p99[1], p99[2])
-        floor = ratio(p99[0], p99[2])
-        out.targets.append(
-            Target(
-                f"{biggest:,} watchers: release -> last watcher p99 / etcd's",
-                r_watch,
-                "<= 1.00",
-                judged(r_watch, lambda v: v <= 1.0),
-                "; ".join(
-                    x
-                    for x in (
-                        size_note,
-                        f"bound: the no-op broadcast on the same stack is {floor:.2f}x etcd's p99"
-                        if floor is not None and r_watch is not None and r_watch > 1.0
-                        else "",
-                    )
-                    if x
-                ),
-            )
-        )
-        kib = None if rg is None else rg.kib_per_watcher
-        floor_kib = None if ce is None else ce.kib_per_watcher
-        out.targets.append(
-            Target(
-                f"{biggest:,} watchers: server memory per watcher, KiB",
-                kib,
-                "<= 25",
-                judged(kib, lambda v: v <= 25.0),
-                "; ".join(
-                    x
-                    for x in (
-                        size_note,
-                        f"bound: an idle no-op stream on the same stack takes {floor_kib:.1f} KiB"
-                        if floor_kib is not None and kib is not None and kib > 25.0
-                        else "",
-                    )
-                    if x
-                ),
-            )
-        )
+        out.targets = self._targets()
         history = self.history
         if history is not None:
             out.notes.append(
@@ -665,6 +755,201 @@ class Bench:
             for path in self.profiler.written:
                 out.notes.extend(f"  {line}" for line in summarize(path))
         return out
+
+    def _targets(self) -> list[tuple[str, list[Target]]]:
+        """Issue 12's targets (met / not met), the new rows' ratios (info), issue 4's."""
+        a, n, runs = self.args, self.args.in_flight, self.load
+        m = a.cluster_members
+
+        def rate(key: str) -> float | None:
+            return rate_of(runs.get(key))
+
+        def cpu(key: str) -> float | None:
+            result = runs.get(key)
+            return None if result is None else result.cpu_us_per_cycle
+
+        def target(text: str, value: float | None, goal: str, note: str = "") -> Target:
+            op, bound = goal.split()
+            met = None
+            if value is not None:
+                met = value >= float(bound) if op == ">=" else value <= float(bound)
+            return Target(text, value, goal, met, note)
+
+        def missing(*keys: str) -> str:
+            gone = [k for k in keys if runs.get(k) is None]
+            if "load" in self.skip or (
+                any(k.startswith("rgsqlite") for k in gone) and "sqlite" in self.skip
+            ):
+                return "skipped (--skip)"
+            return f"did not run: {', '.join(gone)}" if gone else ""
+
+        noop1, noopn = rate("noop-1"), rate(f"noop-{n}")
+        half1 = None if noop1 is None else noop1 / 2
+        halfn = None if noopn is None else noopn / 2
+        etc_ = rate("etcd-contended")
+        biggest = max(self.watchers)
+        ce, rg, et = (self.fanout.get((s, biggest)) for s in ("noop", "runguard", "etcd"))
+        p99 = [None if r is None else percentile(r.last_ns, 99) for r in (ce, rg, et)]
+        kib = [None if r is None else r.kib_per_watcher for r in (ce, rg, et)]
+        size = "" if biggest >= 10_000 else f"at {biggest:,} watchers, not the issue's 10,000"
+        fan_gone = (
+            ""
+            if rg is not None and ce is not None
+            else "skipped (--skip)"
+            if "fanout" in self.skip
+            else "fan-out did not run"
+        )
+        issue12 = [
+            target(
+                f"Begin+End, {n} in flight, distinct: RunGuard on etcd:// / on memory://",
+                ratio(rate(f"rgetcd-{n}"), rate(f"runguard-{n}")),
+                ">= 0.8",
+                missing(f"rgetcd-{n}", f"runguard-{n}"),
+            ),
+            target(
+                f"contended hand-off ({a.contended} on one): RunGuard on etcd:// / etcd's "
+                "contended Lock/Unlock",
+                ratio(rate("rgetcd-contended"), etc_),
+                ">= 1.0",
+                missing("rgetcd-contended", "etcd-contended"),
+            ),
+            target(
+                f"Begin+End, {n} in flight, distinct: RunGuard on sqlite:// (synchronous=FULL) "
+                "/ on memory://",
+                ratio(rate(f"rgsqlite-{n}"), rate(f"runguard-{n}")),
+                ">= 0.8",
+                missing(f"rgsqlite-{n}", f"runguard-{n}"),
+            ),
+            target(
+                "contended hand-off: RunGuard on memory:// / etcd's contended Lock/Unlock",
+                ratio(rate("runguard-contended"), etc_),
+                ">= 2.0",
+                missing("runguard-contended", "etcd-contended"),
+            ),
+            target(
+                f"Begin+End, {n} in flight, distinct, memory:// / half the no-op rate",
+                ratio(rate(f"runguard-{n}"), halfn),
+                ">= 0.85",
+                missing(f"runguard-{n}", f"noop-{n}"),
+            ),
+            target(
+                f"{biggest:,} watchers: release -> last watcher p99 / the no-op broadcast's p99",
+                ratio(p99[1], p99[0]),
+                "<= 1.2",
+                "; ".join(x for x in (size, fan_gone) if x),
+            ),
+            target(
+                f"{biggest:,} watchers: server memory per watcher / an idle no-op stream's",
+                ratio(kib[1], kib[0]),
+                "<= 1.1",
+                "; ".join(
+                    x
+                    for x in (
+                        size,
+                        fan_gone,
+                        "" if kib[1] is None else f"{kib[1]:.1f} / {kib[0]:.1f} KiB",
+                    )
+                    if x
+                ),
+            ),
+            target(
+                "Begin+End, 1 in flight, memory:// / half the no-op rate",
+                ratio(rate("runguard-1"), half1),
+                ">= 0.67",
+                missing("runguard-1", "noop-1"),
+            ),
+        ]
+        stream1, streamn = rate(f"stream1-{n}"), rate(f"stream-{n}")
+        half_stream = None if stream1 is None else stream1 / 2
+        clustered = [
+            Target(
+                f"Begin+End, {n} in flight, distinct: RunGuard on {m}-member etcd:// / on "
+                "memory://",
+                ratio(rate(f"rgetcd3-{n}"), rate(f"runguard-{n}")),
+                "",
+                None,
+                missing(f"rgetcd3-{n}"),
+            ),
+            Target(
+                f"Begin+End, {n} in flight, distinct: RunGuard on {m}-member etcd:// / etcd's "
+                f"Lock/Unlock on it",
+                ratio(rate(f"rgetcd3-{n}"), rate(f"etcd3-{n}")),
+                "",
+                None,
+                missing(f"rgetcd3-{n}", f"etcd3-{n}"),
+            ),
+            Target(
+                f"contended hand-off: RunGuard on {m}-member etcd:// / etcd's contended "
+                "Lock/Unlock on it",
+                ratio(rate("rgetcd3-contended"), rate("etcd3-contended")),
+                "",
+                None,
+                missing("rgetcd3-contended", "etcd3-contended"),
+            ),
+            Target(
+                f"etcd's contended Lock/Unlock: {m} members / one member",
+                ratio(rate("etcd3-contended"), etc_),
+                "",
+                None,
+                missing("etcd3-contended", "etcd-contended"),
+            ),
+        ]
+        streamed = [
+            Target(
+                f"stream ceiling, ONE stream, {n} in flight: messages/s / unary no-op RPCs/s",
+                ratio(stream1, rate(f"noop-{n}")),
+                "",
+                None,
+                missing(f"stream1-{n}", f"noop-{n}"),
+            ),
+            Target(
+                f"stream ceiling, a stream per client ({a.clients}): messages/s / unary no-op "
+                "RPCs/s",
+                ratio(streamn, rate(f"noop-{n}")),
+                "",
+                None,
+                missing(f"stream-{n}", f"noop-{n}"),
+            ),
+            Target(
+                "stream ceiling, ONE stream: server CPU per message / per unary no-op RPC",
+                ratio(cpu(f"stream1-{n}"), cpu(f"noop-{n}")),
+                "",
+                None,
+                missing(f"stream1-{n}", f"noop-{n}"),
+            ),
+            Target(
+                "stream ceiling, ONE stream: messages/s / etcd's contended Lock/Unlock cycles/s",
+                ratio(stream1, etc_),
+                "",
+                None,
+                "a Begin+End cycle over a stream is two messages: half of it is "
+                + ("-" if ratio(half_stream, etc_) is None else f"{ratio(half_stream, etc_):.2f}"),
+            ),
+        ]
+        info = (clustered if self._cluster_wanted else []) + (
+            [] if "stream" in self.skip else streamed
+        )
+        etn = rate(f"etcd-{n}")
+        issue4 = [
+            target(
+                f"Begin+End, {n} in flight / etcd Lock/Unlock, {n} in flight, distinct keys",
+                ratio(rate(f"runguard-{n}"), etn),
+                ">= 1.0",
+                missing(f"runguard-{n}", f"etcd-{n}"),
+            ),
+            target(
+                f"{biggest:,} watchers: release -> last watcher p99 / etcd's",
+                ratio(p99[1], p99[2]),
+                "<= 1.0",
+                size,
+            ),
+            target(f"{biggest:,} watchers: server memory per watcher, KiB", kib[1], "<= 25", size),
+        ]
+        return [
+            ("targets (issue 12), from the ratios above:", issue12),
+            ("the new rows, for information (no target):", info),
+            ("earlier targets (issue 4) not in issue 12's table:", issue4),
+        ]
 
     def raw(self) -> dict[str, Any]:
         """Every result, for ``--json``."""
@@ -721,6 +1006,21 @@ class Bench:
                 "replicas": self.history.replicas,
                 "clients": self.history.clients,
                 "seconds": self.history.seconds,
+            },
+            "sqlite": {"dir": str(self.sqlite_dir), "filesystem": filesystem_of(self.sqlite_dir)},
+            "cluster_members": self.args.cluster_members,
+            "targets": {
+                heading: [
+                    {
+                        "text": t.text,
+                        "measured": t.measured,
+                        "goal": t.goal or None,
+                        "verdict": t.verdict,
+                        "note": t.note,
+                    }
+                    for t in targets
+                ]
+                for heading, targets in self._targets()
             },
             "failures": self.failures,
         }

@@ -11,10 +11,10 @@ Times are ``time.monotonic_ns()``: CLOCK_MONOTONIC, one clock for every
 process of the machine (``check_shared_clock`` checks it), so a release in one
 process and the next grant in another can be subtracted.
 
-When the server's pid is known, its CPU time (``/proc/PID/stat``) over the
-measured window divided by the cycles counted in it is its work per cycle, a
-figure that other processes competing for the cores disturb far less than
-throughput.
+When the server's pid is known (for a cluster: every member's), its CPU time
+(``/proc/PID/stat``) over the measured window divided by the cycles counted in
+it is its work per cycle, a figure that other processes competing for the
+cores disturb far less than throughput.
 
 Hand-off latency (contended runs): with one slot, grants and releases
 alternate; merged in time order across processes, each release is followed by
@@ -57,6 +57,8 @@ class LoadSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     pid: int | None = None
     """The server's pid, to read the CPU time it spends in the measured window."""
+    more_pids: tuple[int, ...] = ()
+    """Further server processes whose CPU time counts too (the other members of a cluster)."""
 
 
 @dataclass
@@ -191,7 +193,8 @@ def run_load(
         if hooks is not None:
             hooks[0]()
         measure = start + int(spec.warmup * 1e9)
-        cpu = _cpu_in_window(spec.pid, measure, measure + int(spec.duration * 1e9))
+        pids = () if spec.pid is None else (spec.pid, *spec.more_pids)
+        cpu = _cpu_in_window(pids, measure, measure + int(spec.duration * 1e9))
         try:
             reports = _recv_all(
                 conns, children, "done", START_DELAY + spec.warmup + spec.duration + 120.0
@@ -222,14 +225,14 @@ def run_load(
     )
 
 
-def _cpu_in_window(pid: int | None, begin: int, end: int) -> float | None:
-    """The CPU time ``pid`` uses between two ``monotonic_ns`` instants (sleeping till then)."""
-    if pid is None:
+def _cpu_in_window(pids: tuple[int, ...], begin: int, end: int) -> float | None:
+    """The CPU time ``pids`` use together between two ``monotonic_ns`` instants (sleeping)."""
+    if not pids:
         return None
     time.sleep(max(0.0, (begin - time.monotonic_ns()) / 1e9))
-    before = cpu_seconds(pid)
+    before = sum(cpu_seconds(pid) for pid in pids)
     time.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
-    return cpu_seconds(pid) - before
+    return sum(cpu_seconds(pid) for pid in pids) - before
 
 
 def _handoffs(reports: list[tuple[Any, ...]]) -> tuple[list[int], int]:

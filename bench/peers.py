@@ -6,12 +6,15 @@ checked free (never etcd's 2379/2380 or Redis's 6379), and dies with the bench
 (``PR_SET_PDEATHSIG``). etcd gets an environment without ``ETCD*`` variables,
 since it reads each as a flag. A peer whose binary is missing is reported, not
 dropped: :func:`start_etcd` and :func:`start_redis` return a :class:`Missing`.
+:func:`start_etcd_cluster` starts several etcd members that form one cluster
+(``--initial-cluster``); :func:`start_etcd` is its one-member case.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import random
@@ -32,8 +35,10 @@ __all__ = [
     "Missing",
     "Proc",
     "cpu_seconds",
+    "filesystem_of",
     "rss_kib",
     "start_etcd",
+    "start_etcd_cluster",
     "start_redis",
     "start_runguard",
     "version_of",
@@ -124,6 +129,21 @@ def version_of(binary: str, flag: str = "--version") -> str:
     return "?"
 
 
+def filesystem_of(path: Path) -> str:
+    """The type of the filesystem ``path`` is on (``ext4``, ``tmpfs``...), from ``/proc/mounts``."""
+    resolved, best, kind = str(path.resolve()), "", "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            mount = parts[1]
+            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, kind = mount, parts[2]
+    return kind
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used, from ``/proc/PID/stat``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -184,29 +204,31 @@ def _wait(check: Callable[[], bool], proc: Proc, timeout: float) -> None:
     raise RuntimeError(f"{proc.name} not ready in {timeout}s:\n{proc.tail()}")
 
 
-def start_etcd(scratch: Path, data_root: Path, timeout: float = 30.0) -> Proc | Missing:
-    """A one-member etcd 3.4 on loopback, its data dir under ``data_root``."""
-    binary = shutil.which("etcd")
-    if binary is None:
-        return Missing("etcd", "no etcd binary: apt-get install etcd-server")
-    client_port, peer_port = _free_port(_TAKEN), _free_port(_TAKEN)
+def _launch_etcd(
+    binary: str, name: str, ports: tuple[int, int], cluster: str, data_dir: Path, log: Path
+) -> Proc:
+    """One etcd member (not yet ready) of the cluster ``cluster`` (``name=peer-url,...``).
+
+    The cluster token is the same for every member of one cluster (it seeds the
+    cluster's id) and differs between clusters.
+    """
+    client_port, peer_port = ports
     client = f"http://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{peer_port}"
-    data_dir = data_root / "etcd-data"
-    log = scratch / "etcd.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
     with log.open("ab") as sink:
         process = subprocess.Popen(
             [
                 binary,
-                "--name", "bench",
+                "--name", name,
                 "--data-dir", str(data_dir),
                 "--listen-client-urls", client,
                 "--advertise-client-urls", client,
                 "--listen-peer-urls", peer,
                 "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"bench={peer}",
+                "--initial-cluster", cluster,
                 "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"bench-{os.getpid()}-{cluster.split(',')[0]}",
                 "--logger", "zap",
                 "--log-outputs", "stderr",
                 "--log-level", "warn",
@@ -216,20 +238,56 @@ def start_etcd(scratch: Path, data_root: Path, timeout: float = 30.0) -> Proc | 
             env=env,
             preexec_fn=_die_with_parent,  # only sets the death signal
         )  # fmt: skip
-    proc = Proc("etcd", version_of(binary), f"127.0.0.1:{client_port}", process, log)
+    return Proc("etcd", version_of(binary), f"127.0.0.1:{client_port}", process, log)
 
+
+def _has_leader(address: str) -> bool:
     from etcd3aio._protobuf import MaintenanceStub, StatusRequest
 
-    def ready() -> bool:
-        with grpc.insecure_channel(proc.address) as channel:
-            try:
-                reply = MaintenanceStub(channel).Status(StatusRequest(), timeout=1.0)
-            except grpc.RpcError:
-                return False
-        return bool(reply.leader)
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = MaintenanceStub(channel).Status(StatusRequest(), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return bool(reply.leader)
 
-    _wait(ready, proc, timeout)
-    return proc
+
+def start_etcd_cluster(
+    scratch: Path, data_root: Path, members: int, timeout: float = 30.0
+) -> list[Proc] | Missing:
+    """``members`` etcd 3.4 members on loopback forming one cluster (``--initial-cluster``).
+
+    Each has its own ports, data dir under ``data_root`` and log; etcd's default
+    heartbeat and election timeouts. Returns once every member knows a leader.
+    """
+    binary = shutil.which("etcd")
+    if binary is None:
+        return Missing("etcd", "no etcd binary: apt-get install etcd-server")
+    tag = "bench" if members == 1 else f"bench{members}"
+    names = [tag if members == 1 else f"{tag}-m{i}" for i in range(members)]
+    ports = [(_free_port(_TAKEN), _free_port(_TAKEN)) for _ in names]
+    cluster = ",".join(
+        f"{name}=http://127.0.0.1:{peer}" for name, (_, peer) in zip(names, ports, strict=True)
+    )
+    procs: list[Proc] = []
+    try:
+        for name, pair in zip(names, ports, strict=True):
+            data_dir = data_root / ("etcd-data" if members == 1 else f"etcd-{name}")
+            log = scratch / ("etcd.log" if members == 1 else f"etcd-{name}.log")
+            procs.append(_launch_etcd(binary, name, pair, cluster, data_dir, log))
+        for proc in procs:
+            _wait(functools.partial(_has_leader, proc.address), proc, timeout)
+    except RuntimeError:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs
+
+
+def start_etcd(scratch: Path, data_root: Path, timeout: float = 30.0) -> Proc | Missing:
+    """A one-member etcd 3.4 on loopback, its data dir under ``data_root``."""
+    started = start_etcd_cluster(scratch, data_root, 1, timeout)
+    return started if isinstance(started, Missing) else started[0]
 
 
 def start_redis(scratch: Path, data_root: Path, timeout: float = 30.0) -> Proc | Missing:

@@ -1,4 +1,4 @@
-"""Percentiles, the table and the targets of issue 4, from the results of one run."""
+"""Percentiles, the table and the targets (met / not met), from the results of one run."""
 
 from __future__ import annotations
 
@@ -48,13 +48,20 @@ def _fmt_ratio(value: float | None) -> str:
 
 @dataclass
 class Target:
-    """One target of the issue, judged."""
+    """One target of an issue, judged; or, with ``met`` None and no goal, a figure for info."""
 
     text: str
     measured: float | None
     goal: str
     met: bool | None
     note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        """``met``, ``not met``, ``not judged`` (a figure is missing) or ``info``."""
+        if not self.goal:
+            return "info"
+        return "not judged" if self.met is None else "met" if self.met else "not met"
 
 
 COLUMNS = ("measurement", "ceiling", "RunGuard", "etcd", "Redis", "RG/ceiling", "RG/etcd")
@@ -67,7 +74,8 @@ class Report:
     header: list[str] = field(default_factory=list)
     rows: list[tuple[str, ...]] = field(default_factory=list)
     footnotes: list[str] = field(default_factory=list)
-    targets: list[Target] = field(default_factory=list)
+    targets: list[tuple[str, list[Target]]] = field(default_factory=list)
+    """Groups of targets, each under its heading."""
     notes: list[str] = field(default_factory=list)
 
     def row(
@@ -108,14 +116,15 @@ class Report:
         lines.append(line(["-" * w for w in widths]))
         lines.extend(line(r) for r in self.rows)
         lines.extend(self.footnotes)
-        lines.append("")
-        lines.append("targets (issue 4), from the ratios above:")
-        for target in self.targets:
-            verdict = "not judged" if target.met is None else "met" if target.met else "NOT MET"
-            measured = "-" if target.measured is None else f"{target.measured:.2f}"
-            lines.append(f"  [{verdict:>10}] {target.text}: {measured} (target {target.goal})")
-            if target.note:
-                lines.append(f"               {target.note}")
+        for heading, targets in self.targets:
+            lines.append("")
+            lines.append(heading)
+            for target in targets:
+                measured = "-" if target.measured is None else f"{target.measured:.2f}"
+                goal = f" (target {target.goal})" if target.goal else ""
+                lines.append(f"  [{target.verdict:>10}] {target.text}: {measured}{goal}")
+                if target.note:
+                    lines.append(f"               {target.note}")
         if self.notes:
             lines.append("")
             lines.extend(self.notes)

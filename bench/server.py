@@ -2,7 +2,7 @@
 
 It is the product's :class:`RunGuardServer` (the same grpc.aio server, options,
 interceptors, health and reflection, the ``memory://`` store unless ``--store``
-names another, and the same JSON logs as ``runguard serve``) with three
+names another, and the same JSON logs as ``runguard serve``) with four
 bench-only methods registered on that same grpc.aio server, the ceilings
 RunGuard is measured against. They carry raw bytes (no protobuf) and hold no
 state beyond what the stack needs:
@@ -14,6 +14,10 @@ state beyond what the stack needs:
   broadcast costs the stack's write per stream and nothing else: the fan-out
   ceiling, and its memory per stream the memory ceiling of a watcher.
 - ``Broadcast`` (unary): hands its request bytes to every ``Hold`` stream.
+- ``Exchange`` (bidirectional stream): answers every request message with one
+  empty response message, in order. Its message rate is what the stack does
+  per request/response pair when a client keeps one stream open instead of
+  making one unary call per request: the ceiling of a streaming client path.
 
 The contract is not touched; these methods exist only in this process.
 
@@ -29,6 +33,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 
 import grpc
 from runguard.server.app import RunGuardServer, configure_logging
@@ -38,6 +43,7 @@ BENCH_SERVICE = "runguard.bench.v1.Bench"
 NOOP_METHOD = f"/{BENCH_SERVICE}/Noop"
 HOLD_METHOD = f"/{BENCH_SERVICE}/Hold"
 BROADCAST_METHOD = f"/{BENCH_SERVICE}/Broadcast"
+EXCHANGE_METHOD = f"/{BENCH_SERVICE}/Exchange"
 READY = b"ready"
 
 Context = grpc.aio.ServicerContext[bytes, bytes]
@@ -68,14 +74,20 @@ class _Ceilings:
         future.set_result(request)
         return b""
 
+    async def exchange(self, requests: AsyncIterator[bytes], context: Context) -> None:
+        # One message at a time: a response per request, in the requests' order.
+        async for _ in requests:
+            await context.write(b"")
+
     def handler(self) -> grpc.GenericRpcHandler:
-        """The three methods: raw bytes in and out (no (de)serialisation)."""
+        """The four methods: raw bytes in and out (no (de)serialisation)."""
         return grpc.method_handlers_generic_handler(
             BENCH_SERVICE,
             {
                 "Noop": grpc.unary_unary_rpc_method_handler(self.noop),
                 "Hold": grpc.unary_stream_rpc_method_handler(self.hold),
                 "Broadcast": grpc.unary_unary_rpc_method_handler(self.broadcast),
+                "Exchange": grpc.stream_stream_rpc_method_handler(self.exchange),
             },
         )
 

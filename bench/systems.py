@@ -7,10 +7,16 @@ caller holds the slot or lock; ``release`` gives it back.
 
 - ``noop``: the ceiling, one no-op unary RPC on the RunGuard server's stack
   (``release`` does nothing).
+- ``stream``: the streaming ceiling, one request/response message pair on the
+  bench server's ``Exchange`` stream; each client process opens ONE stream and
+  its workers pipeline their messages on it (``release`` does nothing).
 - ``runguard``: ``Begin`` (granted, with ``wait`` when contended) and ``End``.
   Each Begin is a new submission (its own idempotency key), as real work is.
 - ``etcd``: ``v3lockpb.Lock(name, lease)`` and ``Unlock(key)``; each worker
-  holds one lease for the whole run, as an etcd session does.
+  holds one lease for the whole run, as an etcd session does. The address may
+  name several members (``host:port,host:port``): client process *i* talks to
+  member *i* mod their number, so a cluster's load is spread over its members
+  as RunGuard's store spreads its calls.
 - ``redis``: ``SET key token NX PX ttl``, retried every ``retry_delay`` while
   taken, and a compare-and-delete Lua script.
 """
@@ -18,13 +24,15 @@ caller holds the slot or lock; ``release`` gives it back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import duration_pb2
 
-from bench.server import NOOP_METHOD
+from bench.server import EXCHANGE_METHOD, NOOP_METHOD
 from bench.v3lock import LockRequest, UnlockRequest, lock_stubs
 
 __all__ = ["CALL_TIMEOUT", "LEASE_SECONDS", "System", "make_system"]
@@ -76,6 +84,55 @@ class Noop:
         return None
 
     async def close(self) -> None:
+        await self._channel.close(None)
+
+
+class Stream:
+    """The streaming ceiling: one request/response message pair on one shared stream.
+
+    The stream sends the queued requests in order (grpc.aio drains the request
+    iterator one write at a time) and one reader task resolves the waiting
+    workers in that same order, as the server answers in order.
+    """
+
+    def __init__(self, address: str, workers: list[int], tag: str, contended: bool) -> None:
+        self._address = address
+
+    async def open(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self._address)
+        self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._call = self._channel.stream_stream(EXCHANGE_METHOD)(self._requests())
+        self._reader = asyncio.create_task(self._read())
+
+    async def _requests(self) -> AsyncIterator[bytes]:
+        while (message := await self._outbox.get()) is not None:
+            yield message
+
+    async def _read(self) -> None:
+        try:
+            async for _ in self._call:
+                waiter = self._waiting.popleft()
+                if not waiter.done():  # a worker that gave up (timed out) cancelled it
+                    waiter.set_result(None)
+        except grpc.RpcError as error:
+            for waiter in self._waiting:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError(f"the Exchange stream failed: {error}"))
+            raise
+
+    async def acquire(self, worker: int, n: int) -> Any:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        self._outbox.put_nowait(b"")
+        await asyncio.wait_for(waiter, CALL_TIMEOUT)
+
+    async def release(self, worker: int, handle: Any) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._outbox.put_nowait(None)  # ends the request stream; the server then ends its own
+        await asyncio.wait_for(self._reader, CALL_TIMEOUT)
         await self._channel.close(None)
 
 
@@ -134,7 +191,9 @@ class Etcd:
     """etcd's lock API, one lease per worker."""
 
     def __init__(self, address: str, workers: list[int], tag: str, contended: bool) -> None:
-        self._address = address
+        members = address.split(",")
+        # Client process i holds workers i, i + processes, ... (load._split).
+        self._address = members[workers[0] % len(members)]
         self._workers = workers
         self._tag = tag
         self._contended = contended
@@ -221,7 +280,13 @@ class Redis:
         await self._client.aclose()
 
 
-SYSTEMS: dict[str, type] = {"noop": Noop, "runguard": RunGuard, "etcd": Etcd, "redis": Redis}
+SYSTEMS: dict[str, type] = {
+    "noop": Noop,
+    "stream": Stream,
+    "runguard": RunGuard,
+    "etcd": Etcd,
+    "redis": Redis,
+}
 
 
 def make_system(
