@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
-from runguard.server.core import Change, GuardDoc, GuardSettings
+from runguard.server.core import Accepted, Change, GuardDoc, GuardSettings
 from runguard.server.stores import codec_v1
 
 __all__ = [
@@ -113,7 +113,40 @@ def _after_header(value: bytes | str) -> memoryview | None:
     return memoryview(value)[len(_HEADER) :]
 
 
+_ENTRIES_KEPT = 100_000
+"""Dedup entries whose encoding is kept for the next write of their document."""
+
+_entries: dict[int, tuple[Accepted, msgspec.Raw]] = {}
+"""Encoded dedup entries by the identity of the entry: a transition shares every entry
+it does not change with the document before it, so each is encoded once, not on every
+write of its guard."""
+
+_DOC_FIELDS = tuple(f.name for f in dataclasses.fields(GuardDoc))
+
+
+def _entry(entry: Accepted) -> msgspec.Raw:
+    kept = _entries.get(id(entry))
+    if kept is not None and kept[0] is entry:
+        return kept[1]
+    if len(_entries) >= _ENTRIES_KEPT:
+        _entries.clear()
+    raw = msgspec.Raw(_encoder.encode(entry))
+    _entries[id(entry)] = (entry, raw)
+    return raw
+
+
+def _doc(doc: GuardDoc) -> dict[str, object]:
+    """``doc`` as the map msgspec writes for it, its dedup entries encoded once each."""
+    fields = {name: getattr(doc, name) for name in _DOC_FIELDS}
+    fields["accepted"] = {key: _entry(entry) for key, entry in doc.accepted.items()}
+    return fields
+
+
 def _encode(value: object, prefix: bytes) -> bytes:
+    if isinstance(value, GuardDoc):
+        value = _doc(value)
+    elif isinstance(value, tuple) and value and isinstance(value[0], GuardDoc):
+        value = (_doc(value[0]), *value[1:])
     try:
         return prefix + _encoder.encode(value)
     except (msgspec.EncodeError, OverflowError, TypeError, UnicodeEncodeError) as error:

@@ -840,7 +840,8 @@ class EtcdStore(Store):
 
     def _remember_sent(self, commit_id: str, writes: Sequence[Write]) -> None:
         """Keep a batch's writes until the feed brings them back (at most SENT_KEPT)."""
-        self._sent[commit_id] = {w.guard: w for w in writes if not w.reclaim}
+        # One id for every Txn of a call: each adds its own writes.
+        self._sent.setdefault(commit_id, {}).update((w.guard, w) for w in writes if not w.reclaim)
         while len(self._sent) > SENT_KEPT:
             self._sent.popitem(last=False)
 

@@ -278,27 +278,45 @@ class SqliteStore(Store):
                 moved: dict[str, Versioned] = {}
                 for write, text, changes in encoded:
                     guard, shard = write.guard, reclaim_shard(write.guard)
-                    row = db.execute(
-                        "SELECT version FROM guards WHERE name = ?", (guard,)
-                    ).fetchone()
-                    at = -(self._reclaims[shard] + reclaims[shard]) if row is None else row[0]
-                    if at != write.version:
+                    # The compare is the statement's own WHERE: one statement a write.
+                    # The version is the revision that wrote it, so a guard reclaimed and
+                    # written again never repeats an old version.
+                    if write.version <= 0:
+                        absent_at = -(self._reclaims[shard] + reclaims[shard])
+                        swapped = write.version == absent_at and (
+                            write.reclaim
+                            or db.execute(
+                                "INSERT INTO guards VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                                (guard, revision + 1, text),
+                            ).rowcount
+                            == 1
+                        )
+                    elif write.reclaim:
+                        swapped = (
+                            db.execute(
+                                "DELETE FROM guards WHERE name = ? AND version = ?",
+                                (guard, write.version),
+                            ).rowcount
+                            == 1
+                        )
+                    else:
+                        swapped = (
+                            db.execute(
+                                "UPDATE guards SET version = ?, doc = ? "
+                                "WHERE name = ? AND version = ?",
+                                (revision + 1, text, guard, write.version),
+                            ).rowcount
+                            == 1
+                        )
+                    if not swapped:
                         moved[guard] = self._read(guard)
                         continue
                     revision += 1
                     if write.reclaim:
-                        db.execute("DELETE FROM guards WHERE name = ?", (guard,))
                         fence = max(fence, write.doc.next_fencing)
-                        count -= 1
-                        reclaims[shard] += 1
+                        count -= write.version > 0
+                        reclaims[shard] += write.version > 0
                     else:
-                        # The version is the revision that wrote it, so a guard
-                        # reclaimed and written again never repeats an old version.
-                        db.execute(
-                            "INSERT INTO guards VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                            "SET version = excluded.version, doc = excluded.doc",
-                            (guard, revision, text),
-                        )
                         count += write.version <= 0
                     db.executemany(
                         "INSERT INTO changes VALUES (?, ?, ?)",
