@@ -94,12 +94,14 @@ class Commands:
         max_guards: int,
         on_commit: Callable[[Commit], None],
         known: int = KNOWN_GUARDS,
+        writes_in_flight: int = WRITES_IN_FLIGHT,
     ) -> None:
         self._store = store
         self._clock = clock
         self._max_guards = max_guards
         self._on_commit = on_commit
         self._limit = known
+        self._writes_in_flight = writes_in_flight
         self._known: OrderedDict[str, Versioned] = OrderedDict()
         self._pending: list[_Command] = []
         self._busy: set[str] = set()
@@ -125,10 +127,10 @@ class Commands:
             return future
         self._pending.append(_Command(guard, step, future))
         # A busy guard's commands are taken by the writer of its batch when it is done.
-        if not self._writers or (guard not in self._busy and len(self._writers) < WRITES_IN_FLIGHT):
-            writer = asyncio.create_task(self._write_all(), name="runguard-commands")
-            self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
+        if not self._writers or (
+            guard not in self._busy and len(self._writers) < self._writes_in_flight
+        ):
+            self._writers.add(asyncio.create_task(self._write_all(), name="runguard-commands"))
         return future
 
     def learn(self, commit: Commit) -> None:
@@ -173,6 +175,16 @@ class Commands:
     # -- writing ----------------------------------------------------------------
 
     async def _write_all(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            # Left here, not in a done callback (those run a step later): a command
+            # submitted in between would count on a writer that takes nothing more.
+            task = asyncio.current_task()
+            assert task is not None
+            self._writers.discard(task)
+
+    async def _write_batches(self) -> None:
         while batch := self._take():
             guards = {command.guard for command in batch}
             self._busy |= guards

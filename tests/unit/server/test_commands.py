@@ -294,3 +294,48 @@ async def test_a_slow_write_holds_up_only_its_own_guards() -> None:
     assert ended.outcome.value == "ended"
     assert [c.guard for c in seen] == ["fast", "slow", "slow"]
     await commands.close()
+
+
+@pytest.mark.parametrize("writes_in_flight", [1, 2, 4])
+async def test_a_command_sent_as_a_batch_ends_is_written(writes_in_flight: int) -> None:
+    """Callers that send their next command the moment the last one is answered (as the
+    batch that answered it ends) are never left waiting for a writer: 16 callers, 20
+    commands each, all on one guard, all written."""
+    store = CountingStore()
+    commands, _ = commands_for(store, writes_in_flight=writes_in_flight)
+    answered = 0
+
+    async def caller(n: int) -> None:
+        nonlocal answered
+        for k in range(10):
+            await commands.apply("one", grant(f"{n}-{k}"))
+            await commands.apply("one", release(f"{n}-{k}"))
+            answered += 2
+
+    await asyncio.wait_for(asyncio.gather(*(caller(n) for n in range(16))), 10)
+    assert answered == 16 * 20
+    await commands.close()
+
+
+async def test_a_command_sent_while_the_last_writer_leaves_is_written() -> None:
+    """A command sent in the very step the only writer finishes its last batch (a request
+    that came in meanwhile) still gets a writer."""
+    store = MemoryStore(fencing_floor=1)
+    landed = asyncio.Event()
+    commands = Commands(
+        store,
+        clock=lambda: T0,
+        max_guards=1_000,
+        on_commit=lambda commit: landed.set(),
+        writes_in_flight=1,
+    )
+
+    async def arrives_meanwhile() -> Any:
+        await landed.wait()  # woken inside the writer's last step, runs right after it
+        return await commands.apply("g", release("a"))
+
+    late = asyncio.ensure_future(arrives_meanwhile())
+    await commands.apply("g", grant("a"))
+    ended, _ = await asyncio.wait_for(late, 5)
+    assert ended.outcome.value == "ended"
+    await commands.close()
