@@ -267,8 +267,9 @@ async def test_a_guard_that_keeps_moving_gives_up_as_unavailable() -> None:
 
 
 async def test_a_slow_write_holds_up_only_its_own_guards() -> None:
-    """While one batch waits on the store, commands of other guards are written in a batch
-    of their own; a later command of the waiting guard is written after it, in order."""
+    """With two writes in flight, while one batch waits on the store, commands of other
+    guards are written in a batch of their own; a later command of the waiting guard is
+    written after it, in order."""
 
     class SlowFor(CountingStore):
         def __init__(self) -> None:
@@ -281,7 +282,7 @@ async def test_a_slow_write_holds_up_only_its_own_guards() -> None:
             return await super().commit_batch(writes)
 
     store = SlowFor()
-    commands, seen = commands_for(store)
+    commands, seen = commands_for(store, writes_in_flight=2)
     first = asyncio.ensure_future(commands.apply("slow", grant("a")))
     await asyncio.sleep(0.01)
     second = asyncio.ensure_future(commands.apply("slow", release("a")))
