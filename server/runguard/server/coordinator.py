@@ -621,8 +621,8 @@ class Coordinator:
                 if not future.done():
                     future.set_result(holder)
 
-    def _track(self, doc: GuardDoc) -> None:
-        deadline = core.next_deadline(doc, self.defaults)
+    def _track(self, doc: GuardDoc, *, exact: bool = False) -> None:
+        deadline = core.next_deadline(doc, self.defaults, exact=exact)
         if deadline is None:
             self._deadlines.pop(doc.name, None)
             return
@@ -674,7 +674,9 @@ class Coordinator:
 
     async def _settle_due(self, guard: str, slots: asyncio.Semaphore) -> None:
         try:
-            await self._settle(guard)
+            transition, commit = await self._settle(guard)
+            if commit is None:  # due too early (an entry out of order): the exact deadline
+                self._track(transition.doc, exact=True)
         except Exception as error:  # expiry must go on for every other guard
             log.warning("expiry_failed", guard=guard, error=str(error))
             if guard not in self._deadlines:

@@ -129,6 +129,21 @@ def test_settle_reclaims_once_the_last_entry_leaves_the_window() -> None:
     assert late.changes == ()
 
 
+def test_the_deadline_of_an_idle_guard_is_its_newest_entrys_unless_asked_exactly() -> None:
+    """next_deadline reads the newest (last) dedup entry only; with an entry out of order
+    (another replica's clock ahead) that deadline is early, and ``exact`` finds the later
+    one, which the settle at the early deadline keeps the guard for."""
+    doc, _ = hold(new_doc(), SEED, cmd("a", "fp-a"), T0 + 10)  # a clock 10 s ahead
+    doc = end(doc, SEED, "a", "tok-a", T0 + 10).doc
+    doc, _ = hold(doc, SEED, cmd("b", "fp-b"), T0)
+    doc = end(doc, SEED, "b", "tok-b", T0 + 1).doc
+    assert list(doc.accepted) == ["fp-a", "fp-b"]
+    early = next_deadline(doc, SEED)
+    assert early == T0 + 1 + SEED.dedup_window
+    assert next_deadline(doc, SEED, exact=True) == T0 + 10 + SEED.dedup_window
+    assert not settle(doc, SEED, early).reclaim
+
+
 def test_a_guard_with_own_settings_is_never_reclaimed() -> None:
     """Settings of its own keep a guard, whatever else it has."""
     doc = configure(new_doc(), SEED, GuardSettings(dedup_window=0.0), T0).doc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from runguard.server.config import ServerConfig
@@ -64,5 +65,32 @@ async def test_due_guards_are_settled_together_and_all_reclaimed() -> None:
         assert await store.guard_count() == 0
     finally:
         store.gate.set()
+        await coordinator.stop()
+        await store.close()
+
+
+async def test_an_idle_guard_with_an_entry_out_of_order_is_still_reclaimed() -> None:
+    """A dedup entry kept from a later time than the newest one (a clock that was ahead)
+    makes the first settle early; the timer then waits for that entry and reclaims."""
+    skew = 0.3
+    ahead = True
+    coordinator_clock = lambda: time.time() + (skew if ahead else 0.0)  # noqa: E731
+    store = MemoryStore(fencing_floor=1)
+    coordinator = Coordinator(ServerConfig(dedup_window=0.1), store, clock=coordinator_clock)
+    await coordinator.start()
+    feed = store.subscribe()
+    try:
+        for op in ("ahead", "now"):
+            grant = await coordinator.begin(
+                "g", operation_id=op, fingerprint=op, ttl=None, wait=0, labels=()
+            )
+            await coordinator.end("g", op, grant.lease_token)  # type: ignore[union-attr]
+            ahead = False
+        async with asyncio.timeout(5):
+            async for commit in feed:
+                if commit.reclaimed:
+                    break
+        assert await store.guard_count() == 0
+    finally:
         await coordinator.stop()
         await store.close()

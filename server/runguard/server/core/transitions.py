@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from runguard.server.core.model import (
     Accepted,
@@ -722,15 +722,25 @@ def configure(
     return work.finish(work.view(), now)
 
 
-def next_deadline(doc: GuardDoc, policy: GuardPolicy) -> float | None:
+def next_deadline(doc: GuardDoc, policy: GuardPolicy, *, exact: bool = False) -> float | None:
     """When the guard next needs settling on its own: a lease or a wait running out,
     progress to show to watchers, or, for a guard with nothing else to keep, its last
-    dedup entry leaving the window."""
+    dedup entry leaving the window.
+
+    That last entry is the newest one (entries are kept in the order they are kept from),
+    found without reading the others; one out of order, from another replica's clock, makes
+    the deadline early, and the settle then finds the guard still in use: ``exact`` reads
+    every entry, for that case."""
     times = [h.run.expires_at for h in doc.holders] + [w.deadline for w in doc.queue]
     times += [h.progress_due for h in doc.holders if h.progress_due is not None]
     if not times and doc.settings is None:
         if doc.accepted:  # no settings of its own: the defaults' window
-            return max(kept_since(a) for a in doc.accepted.values()) + policy.dedup_window
+            if exact:
+                newest = max(kept_since(a) for a in doc.accepted.values())
+            else:  # a dict at run time: its last key is the newest entry's
+                ordered = cast("dict[str, Accepted]", doc.accepted)
+                newest = kept_since(ordered[next(reversed(ordered))])
+            return newest + policy.dedup_window
         if doc.tombstones:  # only how runs left is kept: reclaim at once
             return doc.tombstones[-1].at
     return min(times, default=None)
