@@ -61,6 +61,11 @@ async def test_metrics_count_outcomes_waits_expiries_and_watchers(start_server: 
     assert metrics[waits] == 1
     rpcs = ("runguard_rpc_seconds_count", (("code", "OK"), ("method", "Begin")))
     assert metrics[rpcs] == 4
+    writes = metrics[("runguard_store_batch_guards_count", ())]
+    assert writes >= 5  # at least the grants, the Ends and the expiry were written
+    assert metrics[("runguard_store_batch_guards_sum", ())] >= writes
+    assert metrics[("runguard_store_batch_seconds_count", ())] == writes
+    assert metrics[("runguard_store_conflicts_total", ())] == 0  # one server: no replica to lose to
 
 
 async def test_metrics_are_off_by_default(running: Any) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from runguard.server.errors import (
     StoreUnavailable,
     TooManyGuards,
 )
+from runguard.server.metrics import Metrics
 from runguard.server.stores import Batch, Commit, Store, Versioned, Write
 
 __all__ = ["CAS_ATTEMPTS", "KNOWN_GUARDS", "Commands", "Step"]
@@ -97,6 +99,7 @@ class Commands:
         on_commit: Callable[[Commit], None],
         known: int = KNOWN_GUARDS,
         writes_in_flight: int = WRITES_IN_FLIGHT,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -104,6 +107,7 @@ class Commands:
         self._on_commit = on_commit
         self._limit = known
         self._writes_in_flight = writes_in_flight
+        self._metrics = metrics if metrics is not None else Metrics()
         self._known: OrderedDict[str, Versioned] = OrderedDict()
         self._pending: list[_Command] = []
         self._busy: set[str] = set()
@@ -310,6 +314,7 @@ class Commands:
     async def _write(self, plans: dict[str, _Plan], fresh: set[str]) -> list[_Command]:
         """Write the plans in one batch; returns the commands to decide again."""
         writes = [plan.write for plan in plans.values() if plan.write is not None]
+        started = time.perf_counter()
         try:
             batch: Batch = await self._store.commit_batch(writes)
         except RunGuardError as error:
@@ -317,6 +322,10 @@ class Commands:
                 for command, _ in plan.decided:
                     _fail(command, error)
             return []
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._metrics.batch_guards.observe(len(writes))
+        if batch.moved:
+            self._metrics.conflicts.inc(len(batch.moved))
         for commit in batch.commits:
             plan = plans.pop(commit.guard)
             if commit.reclaimed:

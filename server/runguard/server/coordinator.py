@@ -110,7 +110,11 @@ class Coordinator:
         self._draining = False
         self._orphans: set[asyncio.Future[None]] = set()
         self._commands = Commands(
-            store, clock=clock, max_guards=config.max_guards, on_commit=self._committed
+            store,
+            clock=clock,
+            max_guards=config.max_guards,
+            on_commit=self._committed,
+            metrics=self.metrics,
         )
 
     async def start(self) -> None:

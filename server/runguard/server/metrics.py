@@ -60,6 +60,23 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        self.batch_guards = Histogram(
+            "runguard_store_batch_guards",
+            "Guards written by one store write (commands that arrive together share one).",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "runguard_store_batch_seconds",
+            "How long one store write took.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+            registry=r,
+        )
+        self.conflicts = Counter(
+            "runguard_store_conflicts",
+            "Guards whose write lost a compare-and-swap to another replica (decided again).",
+            registry=r,
+        )
         self.rpc_seconds = Histogram(
             "runguard_rpc_seconds",
             "RPC latency by method and status code (Watch: the stream's lifetime).",

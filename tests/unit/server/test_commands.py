@@ -21,6 +21,7 @@ from runguard.server.core import (
     keep_alive,
 )
 from runguard.server.errors import RunGuardError, StoreUnavailable, TooManyGuards
+from runguard.server.metrics import Metrics
 from runguard.server.stores import Batch, Commit, MemoryStore, Versioned, Write
 
 T0 = 1_000.0
@@ -205,13 +206,15 @@ async def test_a_failed_batch_fails_its_own_commands_only() -> None:
 async def test_a_guard_moved_by_another_writer_is_decided_again_without_a_read() -> None:
     """When another writer moved a guard first, the failed compare brings its current
     document and the command is decided on that (here: the guard is now full, so the
-    Begin is refused); no read is made for it."""
+    Begin is refused); no read is made for it, and the conflict is counted."""
     store = CountingStore(exclusive=False)
-    commands, _ = commands_for(store)
+    metrics = Metrics()
+    commands, _ = commands_for(store, metrics=metrics)
     await commands.apply("g", grant("a"))
     store.move_first = ["g"]
     reads = len(store.reads)
     transition, commit = await commands.apply("g", grant("b"))
+    assert metrics.registry.get_sample_value("runguard_store_conflicts_total") == 1
     assert commit is None
     assert type(transition.outcome).__name__ == "Rejection"
     assert [h.run.operation_id for h in transition.doc.holders] == ["a", "other"]
