@@ -16,7 +16,8 @@ seconds gets a Progress within a quarter interval more.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Sequence
+import sys
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -66,6 +67,8 @@ class _Watcher:
         self.heard = tick
         """The hub's tick when the stream last sent something."""
         self.progress_due = False
+        self.peer = ""
+        """The connection the stream is on."""
 
     def push(self, changes: Sequence[Change]) -> None:
         """Buffer changes of its guards (or coalesce, past ``limit``) and wake the stream."""
@@ -203,6 +206,34 @@ class Subscription(_Watcher):
         return snapshot
 
 
+class _Group:
+    """Watchers kept together by connection (``peer``): a commit wakes the streams of
+    one connection one after another, so their writes leave in fewer packets."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[str, set[_Watcher]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_peer)
+
+    def __iter__(self) -> Iterator[_Watcher]:
+        for watchers in self._by_peer.values():
+            yield from watchers
+
+    def add(self, watcher: _Watcher) -> None:
+        self._by_peer.setdefault(watcher.peer, set()).add(watcher)
+
+    def discard(self, watcher: _Watcher) -> None:
+        watchers = self._by_peer.get(watcher.peer)
+        if watchers is not None:
+            watchers.discard(watcher)
+            if not watchers:
+                del self._by_peer[watcher.peer]
+
+
+_NOBODY = _Group()
+
+
 class Hub:
     """Every open Watch stream, and the last revision handed to them."""
 
@@ -223,9 +254,9 @@ class Hub:
         self.metrics.watchers.set_function(lambda: len(self._watchers))
         self.buffer_limit = config.watch_buffer
         self._watchers: set[_Watcher] = set()
-        self._everything: set[_Watcher] = set()
+        self._everything = _Group()
         """Watchers of every guard."""
-        self._by_guard: dict[str, set[_Watcher]] = {}
+        self._by_guard: dict[str, _Group] = {}
         self.complete = 0
         """The revision every change up to which has been handed to the watchers."""
         self.tick = 0
@@ -253,13 +284,13 @@ class Hub:
             watcher.push(changes)
         guard = changes[0].state.guard
         if all(change.state.guard == guard for change in changes):
-            for watcher in self._by_guard.get(guard, ()):
+            for watcher in self._by_guard.get(guard, _NOBODY):
                 watcher.push(changes)
             return
         # Changes of several guards in one commit: each watcher gets its own, in order.
         touched: dict[_Watcher, None] = {}
         for change in changes:
-            touched.update(dict.fromkeys(self._by_guard.get(change.state.guard, ())))
+            touched.update(dict.fromkeys(self._by_guard.get(change.state.guard, _NOBODY)))
         for watcher in touched:
             wanted = watcher.guards or ()
             watcher.push([change for change in changes if change.state.guard in wanted])
@@ -281,16 +312,25 @@ class Hub:
             self._ticker = None
 
     def subscribe(
-        self, guards: Sequence[str] | None, after_revision: int = 0, epoch: str = ""
+        self,
+        guards: Sequence[str] | None,
+        after_revision: int = 0,
+        epoch: str = "",
+        *,
+        peer: str = "",
     ) -> Subscription:
-        """A new stream, subscribed now (so it misses no commit); see :meth:`stream`."""
+        """A new stream, subscribed now (so it misses no commit); see :meth:`stream`.
+
+        ``peer``: the stream's connection (``context.peer()``).
+        """
         subscription = Subscription(self, guards, after_revision, epoch)
+        subscription.peer = sys.intern(peer)  # one string per connection, not per stream
         self._watchers.add(subscription)
         if subscription.guards is None:
             self._everything.add(subscription)
         else:
             for guard in subscription.guards:
-                self._by_guard.setdefault(guard, set()).add(subscription)
+                self._by_guard.setdefault(guard, _Group()).add(subscription)
         if not self.closed and (self._ticker is None or self._ticker.done()):
             self._ticker = asyncio.get_running_loop().create_task(
                 self._heartbeats(), name="runguard-watch-heartbeats"

@@ -329,7 +329,7 @@ class RunGuardServicer:
             # method's serializer passes bytes through); the HTTP bridge wants messages.
             wire = not getattr(context, "writes_messages", False)
             with self._coordinator.hub.subscribe(
-                args.guards, args.after_revision, args.epoch
+                args.guards, args.after_revision, args.epoch, peer=context.peer()
             ) as subscription:
                 del args
                 while True:
