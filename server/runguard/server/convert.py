@@ -6,6 +6,7 @@ from __future__ import annotations
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from runguard.server.core import (
     CancelResult,
+    Change,
     ChangeKind,
     EndResult,
     Granted,
@@ -30,6 +31,7 @@ __all__ = [
     "timestamp",
     "watch_messages",
     "watch_response",
+    "watch_wire",
 ]
 
 SNAPSHOT_PART_BYTES = 512 * 1024
@@ -167,9 +169,21 @@ def cancel_response(result: CancelResult, run: Run) -> pb.CancelResponse:
     return pb.CancelResponse(result=_CANCEL[result], run=run_message(run))
 
 
-_CHANGE_MESSAGES: dict[int, tuple[WatchEvent, str, pb.WatchResponse]] = {}
-_CHANGE_MESSAGES_KEPT = 256
-"""Messages of the latest changes, by the change's identity (see ``watch_response``)."""
+class _Encoded:
+    """One change's message and, once a gRPC stream asks, its wire bytes."""
+
+    __slots__ = ("epoch", "event", "message", "wire")
+
+    def __init__(self, event: Change, epoch: str, message: pb.WatchResponse) -> None:
+        self.event = event
+        self.epoch = epoch
+        self.message = message
+        self.wire: bytes | None = None
+
+
+_CHANGES: dict[int, _Encoded] = {}
+_CHANGES_KEPT = 256
+"""Encodings of the latest changes, by the change's identity (see ``watch_response``)."""
 
 
 def watch_messages(event: WatchEvent, epoch: str) -> list[pb.WatchResponse]:
@@ -205,7 +219,8 @@ def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
 
     The hub hands the same ``Change`` object to every watcher of its guard, so
     a change's message is built once and shared (it is only serialised, never
-    changed): fan-out to N watchers converts once, not N times.
+    changed): fan-out to N watchers converts once, not N times, and
+    :func:`watch_wire` serialises it once too.
     """
     if isinstance(event, Snapshot):
         return pb.WatchResponse(
@@ -218,19 +233,32 @@ def watch_response(event: WatchEvent, epoch: str) -> pb.WatchResponse:
         )
     if isinstance(event, Progress):
         return pb.WatchResponse(epoch=epoch, progress=pb.Progress(revision=event.revision))
-    cached = _CHANGE_MESSAGES.get(id(event))
-    if cached is not None and cached[0] is event and cached[1] == epoch:
-        return cached[2]
-    change = pb.Change(
-        revision=event.revision, kind=_KIND[event.kind], state=state_message(event.state)
+    return _encoded(event, epoch).message
+
+
+def watch_wire(change: Change, epoch: str) -> bytes:
+    """A Change's WatchResponse, serialised: the same bytes object for every stream."""
+    encoded = _encoded(change, epoch)
+    wire = encoded.wire
+    if wire is None:
+        wire = encoded.wire = encoded.message.SerializeToString()
+    return wire
+
+
+def _encoded(change: Change, epoch: str) -> _Encoded:
+    cached = _CHANGES.get(id(change))
+    if cached is not None and cached.event is change and cached.epoch == epoch:
+        return cached
+    message = pb.Change(
+        revision=change.revision, kind=_KIND[change.kind], state=state_message(change.state)
     )
-    if event.run is not None:
-        change.run.CopyFrom(run_message(event.run))
-    if event.reason is not None:
-        change.release_reason = _RELEASE[event.reason]
-    message = pb.WatchResponse(epoch=epoch, change=change)
-    if len(_CHANGE_MESSAGES) >= _CHANGE_MESSAGES_KEPT:
-        del _CHANGE_MESSAGES[next(iter(_CHANGE_MESSAGES))]
+    if change.run is not None:
+        message.run.CopyFrom(run_message(change.run))
+    if change.reason is not None:
+        message.release_reason = _RELEASE[change.reason]
+    encoded = _Encoded(change, epoch, pb.WatchResponse(epoch=epoch, change=message))
+    if len(_CHANGES) >= _CHANGES_KEPT:
+        del _CHANGES[next(iter(_CHANGES))]
     # The entry keeps the change alive, so its id is not reused while cached.
-    _CHANGE_MESSAGES[id(event)] = (event, epoch, message)
-    return message
+    _CHANGES[id(change)] = encoded
+    return encoded

@@ -19,12 +19,11 @@ tokens are written as ``audit`` lines.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +33,7 @@ from google.protobuf.message import Message
 from runguard.server import convert
 from runguard.server.auth import Role, audit, current_principal
 from runguard.server.coordinator import Coordinator
-from runguard.server.core import GuardPolicy, GuardSettings
+from runguard.server.core import Change, GuardPolicy, GuardSettings
 from runguard.server.errors import (
     FieldViolation,
     InvalidArgument,
@@ -42,9 +41,9 @@ from runguard.server.errors import (
     RunGuardError,
     TooManyWatchers,
 )
+from runguard.server.hub import WatchEvent
 from runguard.server.status import status_of
 from runguard.server.validation import (
-    WatchArgs,
     page_token,
     parse_begin,
     parse_cancel,
@@ -101,8 +100,14 @@ def _decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undeco
     return decode
 
 
+def _encode(message: Message | bytes) -> bytes:
+    """A response's wire bytes; bytes (a Watch change every stream shares) pass as they are."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def add_to_server(servicer: RunGuardServicer, server: grpc.aio.Server) -> None:
-    """Register the service as the generated code does, but with decoders that never raise."""
+    """Register the service as the generated code does, but with decoders that never raise,
+    and a serializer that sends an already serialised response as it is."""
     handlers = {}
     for method in SERVICE.methods:
         request_class = getattr(pb, method.input_type.name)
@@ -112,10 +117,11 @@ def add_to_server(servicer: RunGuardServicer, server: grpc.aio.Server) -> None:
             if method.server_streaming
             else grpc.unary_unary_rpc_method_handler
         )
+        encode = _encode if method.server_streaming else response_class.SerializeToString
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_decoder(request_class),
-            response_serializer=response_class.SerializeToString,
+            response_serializer=encode,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
@@ -312,46 +318,66 @@ class RunGuardServicer:
 
     @_mapped
     async def Watch(self, request: pb.WatchRequest, context: Context) -> None:
+        # One coroutine per stream, with no generator, context manager or timer of
+        # its own: with thousands of streams open, each of those costs memory.
         args = parse_watch(request)
-        with self._watch_slot(current_principal().name):
-            await self._watch(args, context)
+        principal = current_principal().name
+        self._watch_opened(principal)
+        try:
+            epoch = self._coordinator.store.epoch
+            # Over gRPC a change goes out as the bytes every stream shares (the
+            # method's serializer passes bytes through); the HTTP bridge wants messages.
+            wire = not getattr(context, "writes_messages", False)
+            with self._coordinator.hub.subscribe(
+                args.guards, args.after_revision, args.epoch, peer=context.peer()
+            ) as subscription:
+                del args
+                while True:
+                    event = subscription.poll()
+                    if isinstance(event, asyncio.Future):
+                        # Idle: wait on the future itself (no coroutine frame held).
+                        await event
+                        continue
+                    if event is None:
+                        event = await subscription.next()
+                    try:
+                        if wire and type(event) is Change:
+                            await context.write(convert.watch_wire(event, epoch))
+                        else:
+                            await _write_messages(context, event, epoch)
+                    except Exception:
+                        # A write held by flow control fails (grpc's ExecuteBatchError)
+                        # when a cancel, deadline or lost connection ends the call under
+                        # it; the CancelledError follows at the next await. Let it come
+                        # and propagate, rather than report the stalled reader's exit as
+                        # an internal error.
+                        await asyncio.sleep(WRITE_FAILED_GRACE)
+                        raise
+                    # Not kept while idle: a snapshot is this stream's alone.
+                    del event
+        finally:
+            self._watch_closed(principal)
 
-    @contextlib.contextmanager
-    def _watch_slot(self, principal: str) -> Iterator[None]:
-        """Count one more open stream of ``principal`` while the block runs.
+    def _watch_opened(self, principal: str) -> None:
+        """Count one more open stream of ``principal``.
 
         Raises:
             TooManyWatchers: it already has ``max_watchers_per_principal`` open.
         """
         if not principal:  # anonymous: authentication is off, nobody to tell apart
-            yield
             return
         limit = self._config.max_watchers_per_principal
         if self._watching[principal] >= limit:
             raise TooManyWatchers(principal, limit)
         self._watching[principal] += 1
-        try:
-            yield
-        finally:
+
+    def _watch_closed(self, principal: str) -> None:
+        if principal in self._watching:
             self._watching[principal] -= 1
             if not self._watching[principal]:
                 del self._watching[principal]
 
-    async def _watch(self, args: WatchArgs, context: Context) -> None:
-        epoch = self._coordinator.store.epoch
-        stream = self._coordinator.hub.stream(args.guards, args.after_revision, args.epoch)
-        # aclosing: a cancelled stream unsubscribes now, not when collected;
-        # the CancelledError itself propagates (swallowing it leaks).
-        async with contextlib.aclosing(stream) as events:
-            async for event in events:
-                try:
-                    for message in convert.watch_messages(event, epoch):
-                        await context.write(message)
-                except Exception:
-                    # A write held by flow control fails (grpc's ExecuteBatchError)
-                    # when a cancel, deadline or lost connection ends the call under
-                    # it; the CancelledError follows at the next await. Let it come
-                    # and propagate, rather than report the stalled reader's exit as
-                    # an internal error.
-                    await asyncio.sleep(WRITE_FAILED_GRACE)
-                    raise
+
+async def _write_messages(context: Context, event: WatchEvent, epoch: str) -> None:
+    for message in convert.watch_messages(event, epoch):
+        await context.write(message)

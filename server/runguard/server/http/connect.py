@@ -53,6 +53,9 @@ _END = object()
 class CallContext:
     """What the servicer's handlers use of ``grpc.aio.ServicerContext``, for one HTTP call."""
 
+    writes_messages = True
+    """Watch writes messages here (the codecs encode them), not gRPC's wire bytes."""
+
     def __init__(self, peer: str, write: Callable[[Message], Awaitable[None]] | None = None):
         self._peer = peer
         self._write = write
