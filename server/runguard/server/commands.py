@@ -123,8 +123,21 @@ class Commands:
         Returns the transition and its commit (None when it wrote nothing). The command
         runs to its end even if the caller is cancelled meanwhile.
         """
+        if self._store.inline and not self._pending and not self._writers and not self._closed:
+            return await self._run_inline(guard, step)
         future = self._submit(guard, step)
         return await asyncio.shield(future)
+
+    async def _run_inline(self, guard: str, step: Step) -> Outcome:
+        """Run one command in the caller: the store never suspends, so nothing else runs
+        (or can cancel it) until it is decided and written."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        command = _Command(guard, step, future)
+        try:
+            await self._run([command])
+        except Exception as error:
+            _fail(command, error)
+        return future.result()
 
     def _submit(self, guard: str, step: Step) -> asyncio.Future[Outcome]:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()

@@ -18,6 +18,10 @@ class HeldCommits(MemoryStore):
         self.gate = asyncio.Event()
         self.waiting = asyncio.Event()
 
+    @property
+    def inline(self) -> bool:
+        return False  # its writes wait, as a store with a round trip's do
+
     async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         if not self.gate.is_set():
             self.waiting.set()

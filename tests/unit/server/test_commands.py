@@ -41,6 +41,10 @@ class CountingStore(MemoryStore):
         self.move_first: list[str] = []
 
     @property
+    def inline(self) -> bool:
+        return False  # its writes wait, as a store with a round trip's do
+
+    @property
     def exclusive(self) -> bool:
         return self._exclusive
 

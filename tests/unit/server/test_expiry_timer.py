@@ -23,6 +23,10 @@ class HeldBatches(MemoryStore):
         self.held = asyncio.Event()
         self.batches: list[int] = []
 
+    @property
+    def inline(self) -> bool:
+        return False  # its writes wait, as a store with a round trip's do
+
     async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         due = [w for w in writes if w.guard.startswith("due-")]
         if due:

@@ -154,6 +154,12 @@ class Store(abc.ABC):
         return False
 
     @property
+    def inline(self) -> bool:
+        """Whether every call completes without suspending (no I/O to wait for): a command
+        then runs at once in its caller, as there is no round trip for others to share."""
+        return False
+
+    @property
     def batch_limit(self) -> int:
         """The most guards one ``commit_batch`` call may write."""
         return 64

@@ -73,6 +73,10 @@ class MemoryStore(Store):
     def exclusive(self) -> bool:
         return True
 
+    @property
+    def inline(self) -> bool:
+        return True
+
     async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         commits: list[Commit] = []
         moved: dict[str, Versioned] = {}
