@@ -347,3 +347,18 @@ async def test_a_command_sent_while_the_last_writer_leaves_is_written() -> None:
     ended, _ = await asyncio.wait_for(late, 5)
     assert ended.outcome.value == "ended"
     await commands.close()
+
+
+async def test_on_a_store_that_never_waits_an_idle_command_runs_in_its_caller() -> None:
+    """On memory://, a command that finds nothing in flight is decided and written before
+    its caller gives the event loop a turn: no writer task, no hop."""
+    store = MemoryStore(fencing_floor=1)
+    commands, seen = commands_for(store)
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    transition, commit = await commands.apply("g", grant("a"))
+    assert turned == []
+    assert commit is not None
+    assert seen == [commit]
+    assert transition.outcome.run.operation_id == "a"
+    await commands.close()
