@@ -62,7 +62,7 @@ EXPIRY_RETRY = 1.0
 """Seconds before a failed expiry is tried again."""
 
 SETTLES_IN_FLIGHT = 32
-"""Guards the expiry timer settles at once (each is a read and a commit of the store)."""
+"""Guards the expiry timer settles at once (their commands go to the store together)."""
 
 DRAINED = (
     "server shutting down: the Begin left the queue; send it again "
@@ -645,7 +645,8 @@ class Coordinator:
     async def _expire_loop(self) -> None:
         """Settle each guard when its deadline comes, SETTLES_IN_FLIGHT at once: under load
         the due guards (leases ending, one-shot names to reclaim) come faster than one
-        store round trip after another could keep up with."""
+        store write after another could keep up with, and settles in flight together
+        share a write."""
         slots = asyncio.Semaphore(SETTLES_IN_FLIGHT)
         running: set[asyncio.Task[None]] = set()
         try:
