@@ -10,6 +10,7 @@ to offer compare-and-swap and an ordered, watchable feed.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,16 @@ class Write:
     changes: tuple[Change, ...]
     reclaim: bool = False
     promotes: frozenset[str] = frozenset()
+
+    def landed(self, revision: int) -> Commit:
+        """The commit this write made at ``revision`` (its changes carry it)."""
+        return Commit(
+            revision=revision,
+            guard=self.guard,
+            doc=self.doc,
+            changes=tuple(dataclasses.replace(c, revision=revision) for c in self.changes),
+            reclaimed=self.reclaim,
+        )
 
 
 @dataclass(frozen=True, slots=True)

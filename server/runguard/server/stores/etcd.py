@@ -586,16 +586,7 @@ class EtcdStore(Store):
             revision = int(reply.header.revision)
         self._see(revision)
         self._created += sum(1 for w in writes if w.version <= 0 and not w.reclaim)
-        return [
-            Commit(
-                revision=revision,
-                guard=w.guard,
-                doc=w.doc,
-                changes=tuple(dataclasses.replace(c, revision=revision) for c in w.changes),
-                reclaimed=w.reclaim,
-            )
-            for w in writes
-        ], {}
+        return [w.landed(revision) for w in writes], {}
 
     async def _moved(
         self, writes: Sequence[Write], owners: Sequence[str], reply: Any
@@ -854,14 +845,7 @@ class EtcdStore(Store):
         write = sent.pop(self._name(item.key), None)
         if not sent:
             del self._sent[commit_id]
-        if write is None:
-            return None
-        return Commit(
-            revision=revision,
-            guard=write.guard,
-            doc=write.doc,
-            changes=tuple(dataclasses.replace(c, revision=revision) for c in write.changes),
-        )
+        return None if write is None else write.landed(revision)
 
     async def _decoded(self, item: Any) -> Commit | None:
         """The commit a guard key's PUT event records (None for a record nobody can read)."""

@@ -10,7 +10,6 @@ keeps one floor, raised to a reclaimed guard's next token.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -91,13 +90,7 @@ class MemoryStore(Store):
     def _commit(self, write: Write) -> Commit:
         self._revision += 1
         guard, doc = write.guard, write.doc
-        commit = Commit(
-            revision=self._revision,
-            guard=guard,
-            doc=doc,
-            changes=tuple(dataclasses.replace(c, revision=self._revision) for c in write.changes),
-            reclaimed=write.reclaim,
-        )
+        commit = write.landed(self._revision)
         if write.reclaim:
             self._docs.pop(guard, None)
             self._fencing_floor = max(self._fencing_floor, doc.next_fencing)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import os
 import sqlite3
@@ -340,16 +339,7 @@ class SqliteStore(Store):
             self._fencing_floor, self._count = fence, count
             for shard, n in reclaims.items():
                 self._reclaims[shard] += n
-            commits = tuple(
-                Commit(
-                    revision=at,
-                    guard=write.guard,
-                    doc=write.doc,
-                    changes=tuple(dataclasses.replace(c, revision=at) for c in write.changes),
-                    reclaimed=write.reclaim,
-                )
-                for at, write in enumerate(landed, start=first)
-            )
+            commits = tuple(w.landed(at) for at, w in enumerate(landed, start=first))
             # Scheduled from this one thread in commit order, so subscribers
             # see revision order, and before commit_batch() resumes.
             if commits:
