@@ -77,7 +77,6 @@ class _Command:
 class _Plan:
     """One guard's commands of a batch, decided in order on its document."""
 
-    base: Versioned
     decided: list[tuple[_Command, Transition[Any] | BaseException]]
     write: Write | None
     reclaim_after: bool = False
@@ -293,16 +292,16 @@ class Commands:
                 doc, last = transition.doc, transition
                 changes.extend(transition.changes)
         if last is None:
-            return _Plan(base, decided, None)
+            return _Plan(decided, None)
         # A reclaim is a write of its own, with no changes (etcd's delete carries no
         # value): a batch that has changes writes the document, and a reclaim follows.
         reclaim = last.reclaim and not changes
         if reclaim and base.version <= 0:  # never stored, nothing to keep: nothing to write
-            return _Plan(base, decided, None)
+            return _Plan(decided, None)
         acquired = {c.run.operation_id for c in changes if c.kind is ChangeKind.ACQUIRED and c.run}
         promotes = frozenset(w.owner for w in base.doc.queue if w.operation_id in acquired)
         write = Write(base.doc.name, base.version, doc, tuple(changes), reclaim, promotes)
-        return _Plan(base, decided, write, reclaim_after=last.reclaim and bool(changes))
+        return _Plan(decided, write, reclaim_after=last.reclaim and bool(changes))
 
     async def _refuse_new_guards(self, plans: dict[str, _Plan]) -> None:
         """Writes that would store more guards than ``max_guards`` fail, theirs only."""
@@ -347,11 +346,7 @@ class Commands:
                 self._keep(commit.guard, Versioned(commit.doc, commit.revision))
             self._on_commit(commit)
             self._resolve(plan, commit)
-            assert plan.write is not None
-            last = next(
-                t for _, t in reversed(plan.decided) if isinstance(t, Transition) and t.dirty
-            )
-            if last.reclaim and not commit.reclaimed:
+            if plan.reclaim_after:
                 self._reclaim_later(commit)
         retry: list[_Command] = []
         for guard, plan in plans.items():
