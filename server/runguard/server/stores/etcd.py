@@ -467,16 +467,24 @@ class EtcdStore(Store):
         return (await self.read_many([guard]))[0]
 
     async def read_many(self, guards: Sequence[str]) -> list[Versioned]:
-        kv = await self._kv()
+        return await self._read_named(await self._kv(), guards)
+
+    async def _read_named(
+        self, kv: KVService, guards: Sequence[str], pinned: int = 0
+    ) -> list[Versioned]:
+        """Each named guard, ``PAGE // 5`` to a Txn, as of etcd revision ``pinned``
+        (0: the newest)."""
         found: list[Versioned] = []
         for start in range(0, len(guards), PAGE // 5):
             names = guards[start : start + PAGE // 5]
             reply = await self._call(
                 kv.txn(
-                    [], [KVService.txn_op_get(self._key(n)) for n in names], timeout=self._timeout
+                    [],
+                    [KVService.txn_op_get(self._key(n), revision=pinned) for n in names],
+                    timeout=self._timeout,
                 )
             )
-            read_at = int(reply.header.revision)
+            read_at = pinned or int(reply.header.revision)
             for name, answer in zip(names, reply.responses, strict=True):
                 found.append(await self._versioned(name, answer.response_range.kvs, read_at))
         return found
@@ -659,28 +667,16 @@ class EtcdStore(Store):
                 page = await self._call(
                     kv.get(cursor, end, revision=pinned, limit=PAGE, timeout=self._timeout)
                 )
-                docs.extend(self._decode(i.value, i.mod_revision).doc for i in page.kvs)
+                for item in page.kvs:
+                    docs.append(
+                        await self._visible(self._decode(item.value, item.mod_revision).doc)
+                    )
                 if not page.more or not page.kvs:
                     break
                 cursor = page.kvs[-1].key + b"\0"
         else:
-            for start in range(0, len(guards), PAGE // 5):
-                names = guards[start : start + PAGE // 5]
-                reply = await self._call(
-                    kv.txn(
-                        [],
-                        [KVService.txn_op_get(self._key(n), revision=pinned) for n in names],
-                        timeout=self._timeout,
-                    )
-                )
-                for name, answer in zip(names, reply.responses, strict=True):
-                    found = answer.response_range.kvs
-                    docs.append(
-                        self._decode(found[0].value, found[0].mod_revision).doc
-                        if found
-                        else self._new(name, pinned)
-                    )
-        return revision, [await self._visible(d) for d in docs]
+            docs = [v.doc for v in await self._read_named(kv, guards, pinned)]
+        return revision, docs
 
     async def list_guards(self, after: str, limit: int) -> tuple[int, list[GuardDoc]]:
         kv = await self._kv()
