@@ -143,10 +143,6 @@ def _doc(doc: GuardDoc) -> dict[str, object]:
 
 
 def _encode(value: object, prefix: bytes) -> bytes:
-    if isinstance(value, GuardDoc):
-        value = _doc(value)
-    elif isinstance(value, tuple) and value and isinstance(value[0], GuardDoc):
-        value = (_doc(value[0]), *value[1:])
     try:
         return prefix + _encoder.encode(value)
     except (msgspec.EncodeError, OverflowError, TypeError, UnicodeEncodeError) as error:
@@ -180,7 +176,7 @@ def _at(change: Change, revision: int) -> Change:
 
 def encode_doc(doc: GuardDoc) -> bytes:
     """A guard document in format 2."""
-    return _encode(doc, _HEADER)
+    return _encode(_doc(doc), _HEADER)
 
 
 def decode_doc(text: bytes | str) -> GuardDoc:
@@ -235,7 +231,7 @@ def encode_record(doc: GuardDoc, changes: Sequence[Change], *, commit_id: str = 
     cid = commit_id.encode()
     if len(cid) > _ID_MAX:
         raise CodecError(f"a commit id has at most {_ID_MAX} bytes, got {len(cid)}")
-    return _encode((doc, tuple(changes)), _HEADER + bytes([len(cid)]) + cid)
+    return _encode((_doc(doc), tuple(changes)), _HEADER + bytes([len(cid)]) + cid)
 
 
 def decode_record(text: bytes | str, revision: int) -> Record:
