@@ -22,8 +22,7 @@ RUN python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["p
 
 # The code. The generated stubs are committed, so nothing is generated here.
 COPY README.md LICENSE ./
-COPY server/ server/
-COPY client/ client/
+COPY src/ src/
 RUN pip install --no-deps . \
     && runguard --help > /dev/null
 

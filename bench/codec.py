@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
+
 from runguard.server.core import (
     Accepted,
     BeginCommand,

@@ -36,6 +36,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import grpc
+
 from runguard.server.app import RunGuardServer, configure_logging
 from runguard.server.config import ServerConfig
 

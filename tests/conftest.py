@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.server.app import RunGuardServer
 from runguard.server.config import ServerConfig
 from runguard.v1 import runguard_pb2_grpc

@@ -28,9 +28,9 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.conftest import Served, serve_process
 
 FAULTS = {

@@ -18,10 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.client import connect_options
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.certs import make_pki
 from tests.conftest import Served, serve_process
 from tests.integration.support import begin_request, end_request

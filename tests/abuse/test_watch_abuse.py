@@ -18,11 +18,11 @@ from typing import Any
 import grpc
 import pytest
 import structlog.testing
+
 from runguard.server.hub import Hub
 from runguard.server.limits import LABEL_VALUE_MAX_CHARS, LABELS_MAX
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.conftest import Served
 from tests.integration.support import Stream, begin_request, end_request, queue_reaches
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+
 from runguard.client import (
     AsyncClient,
     Client,
@@ -19,7 +20,6 @@ from runguard.client import (
     RunRejected,
     Unavailable,
 )
-
 from tests.conftest import Served
 
 

@@ -16,6 +16,7 @@ import grpc_testing
 import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from runguard.client import (
     AlreadyExists,
     CallFailed,

@@ -8,6 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+
 from runguard.client import (
     AsyncClient,
     Cancelled,
@@ -18,7 +19,6 @@ from runguard.client import (
     RunNotFound,
     RunRejected,
 )
-
 from tests.client.test_clients import Api
 from tests.conftest import Served
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from runguard.client import AsyncClient, Change, Client, Snapshot, WatchEvent
 from runguard.client._shared import WatchCursor
 from runguard.v1 import runguard_pb2 as pb
-
 from tests.conftest import Served
 
 

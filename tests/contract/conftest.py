@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from runguard.server.stores import Store, open_store
 
+from runguard.server.stores import Store, open_store
 from tests import etcd_harness
 
 

@@ -11,7 +11,6 @@ import itertools
 from runguard.server.core import GuardDoc, begin, end
 from runguard.server.stores import Batch, Commit, Store, Write
 from runguard.server.stores.base import reclaim_shard
-
 from tests.contract.test_store_contract import POLICY, T0, acquire, command, next_commit
 from tests.contract.test_store_growth import NO_WINDOW
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+
 from runguard.server.core import (
     BeginCommand,
     ChangeKind,
@@ -25,7 +26,6 @@ from runguard.server.core import (
 )
 from runguard.server.errors import VersionConflict
 from runguard.server.stores import Commit, Store
-
 from tests.contract.conftest import OpenStore, StoreKind
 
 T0 = 1_000.0

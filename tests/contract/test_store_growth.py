@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from runguard.server.core import GuardPolicy, GuardSettings, begin, configure, end
 from runguard.server.errors import VersionConflict
 from runguard.server.stores import Commit, Store
-
 from tests.contract.conftest import OpenStore
 from tests.contract.test_store_contract import (
     T0,

@@ -16,7 +16,6 @@ from runguard.server.core import (
     keep_alive,
 )
 from runguard.server.stores import Store
-
 from tests.contract.test_store_contract import POLICY, T0, acquire, apply, next_commit
 
 

@@ -14,10 +14,10 @@ from connectrpc.protocol import ProtocolType
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from runguard.server.servicer import SERVICE
 from runguard.v1 import runguard_connect
 from runguard.v1 import runguard_pb2 as pb
-
 from tests.conftest import Running
 from tests.http.conftest import SERVICE_PATH, base_url, curl, envelope, frames, violations
 from tests.integration.support import begin_request

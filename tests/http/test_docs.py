@@ -18,11 +18,11 @@ from typing import Any
 
 import grpc
 import pytest
-from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from selenium import webdriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from runguard.v1 import runguard_pb2 as pb
+from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served
 from tests.http.browser import chromium
 from tests.http.test_node_connect import NODE_DIR

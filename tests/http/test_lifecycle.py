@@ -13,10 +13,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from runguard.server.app import RunGuardServer
 from runguard.server.cli import _parser, build_config
 from runguard.server.config import ServerConfig
-
 from tests.conftest import Running, Served
 from tests.http.conftest import SERVICE_PATH, base_url, curl, envelope, frames
 from tests.http.test_security import http_port_of

@@ -13,11 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from runguard.server.auth import ALL_ROLES, Authenticator, Principal
 from runguard.server.config import ServerConfig
 from runguard.server.errors import Unauthenticated
 from runguard.server.http.credentials import WATCH_TOKEN_TTL, HttpCredentials
-
 from tests.certs import Pki
 from tests.conftest import Running, Served
 from tests.http.conftest import SERVICE_PATH, base_url, curl

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
 from tests.http.conftest import base_url, curl, parse_sse, violations
 from tests.http.sse_reader import SseReader, count

@@ -12,12 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
-from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from runguard.v1 import runguard_pb2 as pb
+from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served, serve_process
 from tests.http.browser import chromium
 from tests.http.test_security import http_port_of

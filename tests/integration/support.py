@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
+
 from runguard.v1 import runguard_pb2 as pb
 
 

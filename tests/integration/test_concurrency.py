@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.integration.support import begin_request, queue_reaches
 
 CLIENTS = 200

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.conftest import Served
 from tests.integration.support import begin_request, end_request
 

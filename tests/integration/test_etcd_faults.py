@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
 from tests.etcd_harness import EtcdCluster
 from tests.history import Duplicate, Grant, check

@@ -12,9 +12,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests import etcd_harness
 from tests.conftest import Running, Served
 from tests.integration.support import Stream, begin_request, end_request, queue_reaches

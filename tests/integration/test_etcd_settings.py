@@ -11,10 +11,10 @@ import pytest
 import structlog
 from etcd3aio import Etcd3Client
 from etcd3aio.kv import KVService
+
 from runguard.server.core import GuardDoc, GuardSettings
 from runguard.server.stores.codec import encode_record
 from runguard.v1 import runguard_pb2 as pb
-
 from tests import etcd_harness
 from tests.conftest import Running
 from tests.integration.support import Stream, begin_request, end_request

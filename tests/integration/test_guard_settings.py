@@ -11,8 +11,8 @@ import grpc
 import pytest
 import structlog
 from google.rpc import error_details_pb2, status_pb2
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
 from tests.integration.support import Stream, begin_request, end_request, queue_reaches, seconds
 

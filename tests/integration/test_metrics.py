@@ -7,8 +7,8 @@ import urllib.request
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.integration.support import Stream, begin_request, end_request, queue_reaches
 
 

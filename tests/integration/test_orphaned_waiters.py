@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.client import AsyncClient, Client, Unavailable
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.conftest import Served
 from tests.integration.support import begin_request, end_request, queue_reaches
 

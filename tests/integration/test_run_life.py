@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.integration.support import (
     Stream,
     begin_request,

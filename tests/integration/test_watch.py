@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import grpc
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.integration.support import Stream, begin_request, queue_reaches
 
 

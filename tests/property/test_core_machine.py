@@ -30,6 +30,7 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
+
 from runguard.server.core import (
     PROGRESS_INTERVAL,
     BeginCommand,

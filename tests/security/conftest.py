@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.client import connect_options
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.certs import Pki, make_pki
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
 from tests.integration.support import begin_request
 from tests.security.conftest import Caller, MakeCaller, Tokens

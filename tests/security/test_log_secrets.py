@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from runguard.client import (
     Client,
     PermissionDenied,
@@ -18,7 +19,6 @@ from runguard.client import (
     Unauthenticated,
     connect_options,
 )
-
 from tests.certs import Pki
 from tests.conftest import Served
 from tests.security.conftest import Tokens, token_file_text

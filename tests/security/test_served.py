@@ -16,11 +16,11 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.client import connect_options, run_guard
 from runguard.server.cli import main
 from runguard.v1 import runguard_pb2 as pb
 from runguard.v1 import runguard_pb2_grpc
-
 from tests.certs import Pki
 from tests.conftest import Served
 from tests.integration.support import begin_request

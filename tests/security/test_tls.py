@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
+
 from runguard.client import AsyncClient, PermissionDenied, connect_options
 from runguard.v1 import runguard_pb2 as pb
-
 from tests.certs import Pki
 from tests.conftest import Running
 from tests.integration.support import begin_request

@@ -12,8 +12,8 @@ import pytest
 import structlog.testing
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from runguard.v1 import runguard_pb2 as pb
 
+from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
 from tests.integration.support import begin_request, end_request, keep_alive_request
 from tests.security.conftest import Caller, MakeCaller, Tokens

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runguard.client import Client, RetryPolicy, Unavailable, connect_options
 
+from runguard.client import Client, RetryPolicy, Unavailable, connect_options
 from tests.certs import Pki
 from tests.conftest import Served
 

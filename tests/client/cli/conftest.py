@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from runguard.client import Client
 
+from runguard.client import Client
 from tests.conftest import Served, serve_process
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]

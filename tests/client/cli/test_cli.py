@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
 import runguard.client
 from runguard.client import Client
-
 from tests.client.cli.conftest import Cli, runguard_command
 from tests.conftest import Served
 

@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 
 from runguard.client import Client
-
 from tests.client.cli.conftest import Cli, runguard_command
 from tests.client.cli.test_cli import REFUSED, background, holders, wait_until
 from tests.conftest import Served

@@ -11,7 +11,6 @@ import sys
 from importlib import metadata
 
 from runguard.client import Client
-
 from tests.client.cli.conftest import Cli, runguard_command
 from tests.conftest import Served
 

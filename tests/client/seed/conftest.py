@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from runguard.client import run_guard
 
+from runguard.client import run_guard
 from tests.conftest import Served, serve_process
 
 UNIQUE = "<a guard of the test's own>"

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 import runguard.client
 from runguard.client import Client, run_guard
 from runguard.client.run_guard import RunRejected
-
 from tests.conftest import Served
 
 ROUTE = "/generate-sse"

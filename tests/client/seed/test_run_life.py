@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from runguard.client import run_guard
 from runguard.client.run_guard import RunNotFound, RunRejected
-
 from tests.conftest import Served
 
 ROUTE = "/generate-sse"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from runguard.server.core import Change, ChangeKind, ChangeLog, GuardView, Run
 
 RUN = Run(

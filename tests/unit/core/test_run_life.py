@@ -4,6 +4,7 @@ ended run kept with its dedup entry so duplicates and lookups can say how it wen
 from __future__ import annotations
 
 import pytest
+
 from runguard.server.core import (
     PROGRESS_INTERVAL,
     BeginCommand,

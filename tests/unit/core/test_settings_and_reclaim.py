@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from runguard.server.core import (
     ChangeKind,
     GuardDoc,
@@ -16,7 +17,6 @@ from runguard.server.core import (
     settle,
     view,
 )
-
 from tests.unit.core.test_transitions import SEED, T0, cmd, granted, hold, new_doc, queued
 
 WIDE = GuardSettings(capacity=3, dedup_window=60.0, max_queue=5)

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+
 from runguard.server.core import (
     BeginCommand,
     Change,

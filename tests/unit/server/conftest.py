@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+
 from runguard.server.config import ServerConfig
 from runguard.server.hub import Hub
 from runguard.server.stores import MemoryStore

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import structlog.testing
+
 from runguard.server.auth import (
     ALL_ROLES,
     METHOD_ROLES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from runguard.server.cli import _parser, build_config, main
 from runguard.server.config import ServerConfig
 

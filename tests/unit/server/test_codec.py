@@ -10,6 +10,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from runguard.server.core import (
     Accepted,
     BeginCommand,

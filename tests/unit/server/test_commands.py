@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from runguard.server.commands import CAS_ATTEMPTS, Commands, Step
 from runguard.server.core import (
     BeginCommand,

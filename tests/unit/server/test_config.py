@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from runguard.server.config import ServerConfig
 from runguard.server.core import GuardPolicy
 

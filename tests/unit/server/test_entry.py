@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from runguard.server.entry import quiet_grpc
 
 

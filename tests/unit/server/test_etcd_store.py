@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from etcd3aio import EtcdTransientError
 from etcd3aio.kv import KVService
+
 from runguard.server.core import BeginCommand, GuardPolicy, begin
 from runguard.server.errors import StoreUnavailable, VersionConflict
 from runguard.server.stores import Store, open_store
-
 from tests import etcd_harness
 
 POLICY = GuardPolicy()

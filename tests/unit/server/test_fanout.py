@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 import pytest
+
 from runguard.server import core
 from runguard.server.config import ServerConfig
 from runguard.server.coordinator import Coordinator

@@ -15,6 +15,7 @@ from contextlib import aclosing
 from typing import Any
 
 import pytest
+
 from runguard.server import core
 from runguard.server.config import ServerConfig
 from runguard.server.core import BeginCommand, Change, ChangeKind, ReleaseReason

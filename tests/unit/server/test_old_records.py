@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from etcd3aio import Etcd3Client
+
 from runguard.server.core import BeginCommand, GuardPolicy, begin, end
 from runguard.server.stores import SqliteStore, Store, codec_v1, open_store
 from runguard.server.stores.codec import (
@@ -17,7 +18,6 @@ from runguard.server.stores.codec import (
     decode_record,
     record_commit_id,
 )
-
 from tests import etcd_harness
 
 POLICY = GuardPolicy(capacity=1)

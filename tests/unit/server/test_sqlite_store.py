@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from runguard.server.core import BeginCommand, GuardPolicy, begin, end
 from runguard.server.errors import StoreUnavailable
 from runguard.server.stores import SqliteStore, open_store

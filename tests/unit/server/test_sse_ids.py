@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from runguard.server.http.sse import encode_event, event_id, parse_event_id
 from runguard.v1 import runguard_pb2 as pb
 

@@ -6,9 +6,9 @@ import grpc
 import pytest
 from connectrpc.code import Code
 from google.rpc import error_details_pb2
+
 from runguard.server.errors import FieldViolation, InvalidArgument, RunGuardError
 from runguard.server.status import connect_error, connect_error_of, status_of
-
 from tests.unit.server.test_status import EXPECTED
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from google.protobuf import duration_pb2, json_format, struct_pb2
+
+from runguard.contract import fingerprint
 from runguard.server.config import ServerConfig
-from runguard.server.core import fingerprint
 from runguard.server.errors import InvalidArgument
 from runguard.server.limits import (
     EPOCH_MAX_CHARS,
