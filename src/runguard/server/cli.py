@@ -17,11 +17,11 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runguard import __version__
 from runguard.client._connect import connect_options
 from runguard.client._hints import with_hint
 from runguard.client.cli import (
@@ -47,18 +47,11 @@ def _capacity(text: str) -> tuple[str, int]:
     return guard, int(number)
 
 
-def _version() -> str:
-    try:
-        return metadata.version("runguard")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown"
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runguard", description="RunGuard: guards named run slots over gRPC."
     )
-    parser.add_argument("--version", action="version", version=f"runguard {_version()}")
+    parser.add_argument("--version", action="version", version=f"runguard {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
     serve = verbs.add_parser("serve", help="run the RunGuard server")
     serve.add_argument("--listen", help="host:port (default 127.0.0.1:50051; port 0 picks one)")
