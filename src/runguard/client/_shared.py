@@ -352,11 +352,12 @@ def keep_alive_request(
     operation_id: str,
     lease_token: str,
     *,
-    ttl: float | None = None,
-    fraction: float | None = None,
-    message: str | None = None,
+    ttl: float | None,
+    fraction: float | None,
+    message: str | None,
 ) -> pb.KeepAliveRequest:
-    """A KeepAlive, with a progress report when ``fraction`` or ``message`` is given."""
+    """A KeepAlive (``ttl`` None: the run's own), with a progress report when ``fraction``
+    or ``message`` is given."""
     request = pb.KeepAliveRequest(guard=guard, operation_id=operation_id, lease_token=lease_token)
     if ttl is not None:
         request.ttl.CopyFrom(_duration(ttl))

@@ -365,15 +365,13 @@ def _begin(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _held(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The guard, operation_id and lease token of the run a verb names."""
+    return args.guard, args.operation_id, args.token
+
+
 def _end(client: Client, args: argparse.Namespace) -> int:
-    result = client.end(
-        args.guard,
-        args.operation_id,
-        args.token,
-        force=args.force,
-        outcome=args.outcome,
-        result=args.result,
-    )
+    result = client.end(*_held(args), force=args.force, outcome=args.outcome, result=args.result)
     text = result.value.replace("_", " ")
     if result is EndResult.UNKNOWN:
         text += ": the guard has no run of that operation_id (never granted, or long forgotten)"
@@ -383,12 +381,7 @@ def _end(client: Client, args: argparse.Namespace) -> int:
 
 def _keepalive(client: Client, args: argparse.Namespace) -> int:
     run = client.keep_alive(
-        args.guard,
-        args.operation_id,
-        args.token,
-        ttl=args.ttl,
-        fraction=args.fraction,
-        message=args.message,
+        *_held(args), ttl=args.ttl, fraction=args.fraction, message=args.message
     )
     _emit(args.json, f"renewed {_run_text(run)}", {"run": _plain(run)})
     return 0

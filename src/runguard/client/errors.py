@@ -28,6 +28,7 @@ to stop) stand for no failed call: their ``code`` is None.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Self
 
@@ -62,6 +63,16 @@ Trailers = Sequence[tuple[str, str | bytes]]
 """A failed call's trailing metadata."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """What a failed call ended with, and whether its channel used TLS."""
+
+    code: grpc.StatusCode
+    message: str
+    trailers: Trailers | None
+    tls: bool
+
+
 class RunGuardError(Exception):
     """The root of every error the client raises.
 
@@ -78,11 +89,9 @@ class RunGuardError(Exception):
         self.message = message
 
     @classmethod
-    def _from_status(
-        cls, code: grpc.StatusCode, message: str, trailers: Trailers | None, *, tls: bool
-    ) -> Self:
+    def _from_status(cls, status: _Status) -> Self:
         """The error of this class for a failed call (subclasses read more of it)."""
-        return cls(message)
+        return cls(status.message)
 
 
 class RunRejected(RunGuardError):
@@ -166,10 +175,8 @@ class InvalidArgument(RunGuardError):
         self.violations = tuple(violations)
 
     @classmethod
-    def _from_status(
-        cls, code: grpc.StatusCode, message: str, trailers: Trailers | None, *, tls: bool
-    ) -> Self:
-        return cls(message, _violations(trailers))
+    def _from_status(cls, status: _Status) -> Self:
+        return cls(status.message, _violations(status.trailers))
 
 
 class PermissionDenied(RunGuardError):
@@ -203,10 +210,8 @@ class Unavailable(RunGuardError):
     code = grpc.StatusCode.UNAVAILABLE
 
     @classmethod
-    def _from_status(
-        cls, code: grpc.StatusCode, message: str, trailers: Trailers | None, *, tls: bool
-    ) -> Self:
-        return cls(with_hint(message, tls=tls))
+    def _from_status(cls, status: _Status) -> Self:
+        return cls(with_hint(status.message, tls=status.tls))
 
 
 class CallFailed(RunGuardError):
@@ -217,10 +222,8 @@ class CallFailed(RunGuardError):
         self.code = code
 
     @classmethod
-    def _from_status(
-        cls, code: grpc.StatusCode, message: str, trailers: Trailers | None, *, tls: bool
-    ) -> Self:
-        return cls(message, code)
+    def _from_status(cls, status: _Status) -> Self:
+        return cls(status.message, status.code)
 
 
 ERRORS: Mapping[grpc.StatusCode, type[RunGuardError]] = MappingProxyType(
@@ -264,4 +267,4 @@ def error_from_status(
     mismatch gets a hint naming the setting to change.
     """
     kind = ERRORS.get(code, CallFailed)
-    return kind._from_status(code, details or code.name, trailers, tls=tls)
+    return kind._from_status(_Status(code, details or code.name, trailers, tls))
