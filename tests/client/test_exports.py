@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import runguard.client
+import runguard.server
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "python.md"
 
@@ -48,3 +50,28 @@ def test_nothing_private_leaks_as_public() -> None:
         if not name.startswith("_") and not isinstance(value, type(runguard))
     }
     assert public - {"annotations"} == EXPORTED
+
+
+def _client_imports(path: Path) -> list[str]:
+    """The dotted names of ``runguard.client`` that a module imports, with each imported
+    name of a ``from`` import."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return [name for name in found if name.startswith("runguard.client.")]
+
+
+def test_the_server_uses_only_the_clients_public_modules() -> None:
+    """No module of ``runguard.server`` reaches into a private (underscore) part of
+    ``runguard.client``."""
+    server = Path(runguard.server.__file__).parent
+    private = [
+        f"{path.relative_to(server)}: {name}"
+        for path in sorted(server.rglob("*.py"))
+        for name in _client_imports(path)
+        if any(part.startswith("_") for part in name.split(".")[2:])
+    ]
+    assert private == []

@@ -185,9 +185,14 @@ def begin_request(guard: str, **options: Unpack[BeginOptions]) -> pb.BeginReques
     """A Begin, with a client-made operation_id so that retrying it is safe.
 
     Raises:
+        TypeError: a keyword is none of ``BeginOptions`` (as a misspelt keyword
+            argument would be).
         ValueError: both ``payload`` and ``idempotency_key`` are given, or a number of
             seconds is not finite.
     """
+    unknown = sorted(options.keys() - BeginOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments of a Begin: {', '.join(unknown)}")
     payload = options.get("payload")
     idempotency_key = options.get("idempotency_key")
     request = pb.BeginRequest(
