@@ -25,6 +25,7 @@ from runguard.client import (
     InvalidArgument,
     LeaseLost,
     PermissionDenied,
+    ResourceExhausted,
     RetryPolicy,
     RunGuardError,
     RunRejected,
@@ -179,6 +180,9 @@ def _bad_request_trailers() -> tuple[tuple[str, bytes], ...]:
         pytest.param(grpc.StatusCode.PERMISSION_DENIED, PermissionDenied, id="permission-denied"),
         pytest.param(grpc.StatusCode.UNAUTHENTICATED, Unauthenticated, id="unauthenticated"),
         pytest.param(grpc.StatusCode.ALREADY_EXISTS, AlreadyExists, id="already-exists"),
+        pytest.param(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted, id="resource-exhausted"
+        ),
         pytest.param(grpc.StatusCode.UNAVAILABLE, Unavailable, id="unavailable"),
         pytest.param(grpc.StatusCode.INTERNAL, CallFailed, id="internal"),
         pytest.param(grpc.StatusCode.DEADLINE_EXCEEDED, CallFailed, id="deadline"),
@@ -187,7 +191,7 @@ def _bad_request_trailers() -> tuple[tuple[str, bytes], ...]:
 def test_each_status_code_maps_to_one_error(
     fake: Any, client: Client, code: grpc.StatusCode, error_type: type[RunGuardError]
 ) -> None:
-    """Every status code a call can end with becomes one typed error under RunGuardError."""
+    """Every status code a call can end with becomes one typed error that carries the code."""
     pending = in_background(lambda: client.end("g", "op", "token"))
     trailers = _bad_request_trailers() if code is grpc.StatusCode.INVALID_ARGUMENT else ()
     for _ in range(3 if code is grpc.StatusCode.UNAVAILABLE else 1):
@@ -198,8 +202,7 @@ def test_each_status_code_maps_to_one_error(
     assert caught.value.message == "details"
     if isinstance(caught.value, InvalidArgument):
         assert caught.value.violations == (("guard", "bad"), ("ttl", "neg"))
-    if isinstance(caught.value, CallFailed):
-        assert caught.value.code is code
+    assert caught.value.code is code
 
 
 def test_unavailable_is_retried_with_the_same_request(fake: Any, client: Client) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runguard.client._hints import transport_hint, with_hint
+from runguard.client.hints import transport_hint, with_hint
 
 CLOSED = "last error: UNAVAILABLE: ipv4:10.0.0.1:50051: Socket closed"
 WRONG = "last error: UNKNOWN: Tls handshake failed (TSI_PROTOCOL_FAILURE): WRONG_VERSION_NUMBER"

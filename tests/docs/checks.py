@@ -178,12 +178,19 @@ def operations(blocks: Outcomes) -> None:
 
 def python(blocks: Outcomes) -> None:
     """The async run holds and refuses a second Begin; watch sees the acquire and release;
-    a bad request names its fields; the seed API refuses in_flight naming the holder."""
+    the error table lists a class per code; a bad request names its fields; the seed API
+    refuses in_flight naming the holder."""
     held, second, after = blocks["async"].stdout.splitlines()
     holder = held.split(" as ")[1]
     assert second == f"a second one: in_flight held by {holder}"
     assert after == "after the block: ()"
     assert blocks["watch"].stdout.splitlines()[1:] == ["acquired  True", "released ended True"]
+    assert blocks["table"].stdout.split() == [
+        *("INVALID_ARGUMENT", "InvalidArgument", "NOT_FOUND", "LeaseLost"),
+        *("PERMISSION_DENIED", "PermissionDenied", "UNAUTHENTICATED", "Unauthenticated"),
+        *("ALREADY_EXISTS", "AlreadyExists", "RESOURCE_EXHAUSTED", "ResourceExhausted"),
+        *("UNAVAILABLE", "Unavailable"),
+    ]
     assert blocks["errors"].stdout.splitlines() == [
         "guard -> must be 1 to 128 characters of letters, digits and ._:/-",
         "ttl -> must be in (0s, 1800s], got 0s",

@@ -15,7 +15,8 @@ nothing returns a bare protobuf. A server with TLS or tokens takes
 
 from runguard.client._async import AsyncClient, AsyncWatch
 from runguard.client._connect import ConnectOptions, connect_options
-from runguard.client._shared import Holding, RetryPolicy
+from runguard.client._holding import Holding
+from runguard.client._shared import BeginOptions, RetryPolicy
 from runguard.client._sync import Client, Watch
 from runguard.client.errors import (
     AlreadyExists,
@@ -24,6 +25,7 @@ from runguard.client.errors import (
     InvalidArgument,
     LeaseLost,
     PermissionDenied,
+    ResourceExhausted,
     RunGuardError,
     RunNotFound,
     RunRejected,
@@ -49,6 +51,7 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncWatch",
+    "BeginOptions",
     "CallFailed",
     "CancelReply",
     "CancelResult",
@@ -64,6 +67,7 @@ __all__ = [
     "LeaseLost",
     "PermissionDenied",
     "Progress",
+    "ResourceExhausted",
     "RetryPolicy",
     "Run",
     "RunGuardError",

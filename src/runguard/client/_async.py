@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Unpack
 
 import grpc
 
+from runguard.client._holding import Holding
 from runguard.client._shared import (
     DEFAULT_RETRY,
-    Holding,
+    BeginOptions,
     RetryPolicy,
     WaitingBegin,
     WatchCursor,
@@ -120,29 +121,10 @@ class AsyncClient:
             await asyncio.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def begin(
-        self,
-        guard: str = "",
-        *,
-        route: str = "",
-        payload: Any = None,
-        idempotency_key: str | None = None,
-        operation_id: str | None = None,
-        ttl: float | None = None,
-        wait: float | None = None,
-        labels: Mapping[str, str] | None = None,
-    ) -> Grant:
+    async def begin(self, guard: str = "", **options: Unpack[BeginOptions]) -> Grant:
         """Take a slot of ``guard``; see ``Client.begin``."""
-        request = begin_request(
-            guard,
-            route=route,
-            payload=payload,
-            idempotency_key=idempotency_key,
-            operation_id=operation_id,
-            ttl=ttl,
-            wait=wait,
-            labels=labels,
-        )
+        request = begin_request(guard, **options)
+        wait = options.get("wait")
         if not wait:
             reply, sent = await self._attempts("Begin", request, self.timeout)
             return grant_or_raise(reply, retried=sent > 1)
@@ -287,27 +269,12 @@ class AsyncClient:
         self,
         guard: str = "",
         *,
-        route: str = "",
-        payload: Any = None,
-        idempotency_key: str | None = None,
-        operation_id: str | None = None,
-        ttl: float | None = None,
-        wait: float | None = None,
-        labels: Mapping[str, str] | None = None,
         on_lost: Callable[[LeaseLost], object] | None = None,
         on_cancel: Callable[[Cancelled], object] | None = None,
+        **options: Unpack[BeginOptions],
     ) -> AsyncIterator[Holding]:
         """Hold a slot for the ``async with`` block; see ``Client.run``."""
-        grant = await self.begin(
-            guard,
-            route=route,
-            payload=payload,
-            idempotency_key=idempotency_key,
-            operation_id=operation_id,
-            ttl=ttl,
-            wait=wait,
-            labels=labels,
-        )
+        grant = await self.begin(guard, **options)
         holding = Holding(grant, on_lost, on_cancel)
         wake = asyncio.Event()
         holding.wake = wake.set
@@ -334,8 +301,8 @@ class AsyncClient:
                 await release(failed=not isinstance(error, Cancelled))
             raise
         await release(failed=False)
-        if holding.lost_error is not None:
-            raise holding.lost_error
+        if holding.lost:
+            holding.check()
 
     async def _renew(self, holding: Holding, wake: asyncio.Event) -> None:
         grant = holding.grant

@@ -1,45 +1,30 @@
-"""What the sync and async clients share, with no I/O: request building,
-response reading, the retry decision and backoff, the Watch resume cursor,
-and the state of a held slot."""
+"""What the sync and async clients share, with no I/O: the keywords of a Begin,
+request building, response reading, the retry decision and backoff, and the
+Watch resume cursor (the state of a held slot is ``_holding``'s)."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
-from runguard.client.errors import Cancelled, LeaseLost, RunRejected
-from runguard.client.models import (
-    OUTCOMES,
-    CancelReply,
-    CancelResult,
-    Change,
-    EndResult,
-    Grant,
-    GuardState,
-    Progress,
-    Run,
-    RunProgress,
-    Snapshot,
-    WatchEvent,
-)
+from runguard.client import models
+from runguard.client.errors import RunRejected
 from runguard.contract import canonical_json
 from runguard.v1 import runguard_pb2 as pb
 
 __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_RETRY",
-    "Holding",
+    "BeginOptions",
     "RetryPolicy",
     "WaitingBegin",
     "WatchCursor",
@@ -101,21 +86,15 @@ _OUTCOME_NAMES = {
 }
 _OUTCOME_VALUES = {name: value for value, name in _OUTCOME_NAMES.items()}
 _END_RESULTS = {
-    pb.END_RESULT_ENDED: EndResult.ENDED,
-    pb.END_RESULT_ALREADY_ENDED: EndResult.ALREADY_ENDED,
-    pb.END_RESULT_UNKNOWN: EndResult.UNKNOWN,
+    pb.END_RESULT_ENDED: models.EndResult.ENDED,
+    pb.END_RESULT_ALREADY_ENDED: models.EndResult.ALREADY_ENDED,
+    pb.END_RESULT_UNKNOWN: models.EndResult.UNKNOWN,
 }
 _CANCEL_RESULTS = {
-    pb.CANCEL_RESULT_REQUESTED: CancelResult.REQUESTED,
-    pb.CANCEL_RESULT_ALREADY_REQUESTED: CancelResult.ALREADY_REQUESTED,
-    pb.CANCEL_RESULT_ALREADY_ENDED: CancelResult.ALREADY_ENDED,
+    pb.CANCEL_RESULT_REQUESTED: models.CancelResult.REQUESTED,
+    pb.CANCEL_RESULT_ALREADY_REQUESTED: models.CancelResult.ALREADY_REQUESTED,
+    pb.CANCEL_RESULT_ALREADY_ENDED: models.CancelResult.ALREADY_ENDED,
 }
-
-PROGRESS_MESSAGE_MAX_CHARS = 256
-"""The server's limit on a progress message."""
-
-PROGRESS_SEND_INTERVAL = 0.25
-"""Seconds between two progress reports a held slot sends (the latest always goes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,23 +157,49 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return message
 
 
-def begin_request(
-    guard: str,
-    *,
-    route: str,
-    payload: Any,
-    idempotency_key: str | None,
-    operation_id: str | None,
-    ttl: float | None,
-    wait: float | None,
-    labels: Mapping[str, str] | None,
-) -> pb.BeginRequest:
-    """A Begin, with a client-made operation_id so that retrying it is safe."""
+class BeginOptions(TypedDict, total=False):
+    """The keywords of ``begin`` and ``run`` (``Client`` and ``AsyncClient``) after the
+    guard's name; each may be left out.
+
+    Attributes:
+        route: what is being run; part of the fingerprint ("" when left out).
+        payload: any JSON-able value; equal values are the same submission.
+        idempotency_key: names the submission instead of a payload.
+        operation_id: your name for the run; made by the client when None, so a retry
+            is safe.
+        ttl: lease length in seconds (the server's max when None).
+        wait: seconds to queue when the guard is full (refuse at once when None or 0).
+        labels: shown to watchers.
+    """
+
+    route: str
+    payload: Any
+    idempotency_key: str | None
+    operation_id: str | None
+    ttl: float | None
+    wait: float | None
+    labels: Mapping[str, str] | None
+
+
+def begin_request(guard: str, **options: Unpack[BeginOptions]) -> pb.BeginRequest:
+    """A Begin, with a client-made operation_id so that retrying it is safe.
+
+    Raises:
+        TypeError: a keyword is none of ``BeginOptions`` (as a misspelt keyword
+            argument would be).
+        ValueError: both ``payload`` and ``idempotency_key`` are given, or a number of
+            seconds is not finite.
+    """
+    unknown = sorted(options.keys() - BeginOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments of a Begin: {', '.join(unknown)}")
+    payload = options.get("payload")
+    idempotency_key = options.get("idempotency_key")
     request = pb.BeginRequest(
         guard=guard,
-        operation_id=operation_id or uuid.uuid4().hex,
-        route=route,
-        labels=dict(labels or {}),
+        operation_id=options.get("operation_id") or uuid.uuid4().hex,
+        route=options.get("route", ""),
+        labels=dict(options.get("labels") or {}),
     )
     if idempotency_key is not None:
         if payload is not None:
@@ -204,6 +209,7 @@ def begin_request(
         value = struct_pb2.Value()
         json_format.ParseDict(json_payload(payload), value)
         request.payload.CopyFrom(value)
+    ttl, wait = options.get("ttl"), options.get("wait")
     if ttl is not None:
         request.ttl.CopyFrom(_duration(ttl))
     if wait is not None:
@@ -273,17 +279,17 @@ class WaitingBegin:
         return request
 
 
-def run_from(message: pb.Run) -> Run:
+def run_from(message: pb.Run) -> models.Run:
     """A Run from its message."""
     progress = None
     if message.HasField("progress"):
         p = message.progress
-        progress = RunProgress(
+        progress = models.RunProgress(
             fraction=p.fraction if p.HasField("fraction") else None,
             message=p.message,
             reported_at=p.reported_at.ToDatetime(tzinfo=UTC) if p.HasField("reported_at") else None,
         )
-    return Run(
+    return models.Run(
         guard=message.guard,
         operation_id=message.operation_id,
         fingerprint=message.fingerprint,
@@ -337,7 +343,9 @@ def end_request(
     )
     if outcome is not None:
         if outcome not in _OUTCOME_VALUES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+            raise ValueError(
+                f"outcome must be one of {', '.join(models.OUTCOMES)}, got {outcome!r}"
+            )
         request.outcome = _OUTCOME_VALUES[outcome]
     if result is not None:
         json_format.ParseDict(json_payload(result), request.result)
@@ -349,11 +357,12 @@ def keep_alive_request(
     operation_id: str,
     lease_token: str,
     *,
-    ttl: float | None = None,
-    fraction: float | None = None,
-    message: str | None = None,
+    ttl: float | None,
+    fraction: float | None,
+    message: str | None,
 ) -> pb.KeepAliveRequest:
-    """A KeepAlive, with a progress report when ``fraction`` or ``message`` is given."""
+    """A KeepAlive (``ttl`` None: the run's own), with a progress report when ``fraction``
+    or ``message`` is given."""
     request = pb.KeepAliveRequest(guard=guard, operation_id=operation_id, lease_token=lease_token)
     if ttl is not None:
         request.ttl.CopyFrom(_duration(ttl))
@@ -365,17 +374,17 @@ def keep_alive_request(
     return request
 
 
-def cancel_result(response: pb.CancelResponse) -> CancelReply:
+def cancel_result(response: pb.CancelResponse) -> models.CancelReply:
     """What Cancel did, and the run as it is now."""
-    return CancelReply(
-        result=_CANCEL_RESULTS.get(response.result, CancelResult.REQUESTED),
+    return models.CancelReply(
+        result=_CANCEL_RESULTS.get(response.result, models.CancelResult.REQUESTED),
         run=run_from(response.run),
     )
 
 
-def guard_state(message: pb.GuardState, revision: int = 0, epoch: str = "") -> GuardState:
+def guard_state(message: pb.GuardState, revision: int = 0, epoch: str = "") -> models.GuardState:
     """A GuardState from its message."""
-    return GuardState(
+    return models.GuardState(
         guard=message.guard,
         capacity=message.capacity,
         holders=tuple(run_from(run) for run in message.holders),
@@ -388,7 +397,7 @@ def guard_state(message: pb.GuardState, revision: int = 0, epoch: str = "") -> G
     )
 
 
-def grant_or_raise(response: pb.BeginResponse, *, retried: bool = False) -> Grant:
+def grant_or_raise(response: pb.BeginResponse, *, retried: bool = False) -> models.Grant:
     """The grant in a Begin response; ``retried``: the client sent this Begin more than
     once, so a replayed grant is its own earlier one, not somebody else's.
 
@@ -397,7 +406,7 @@ def grant_or_raise(response: pb.BeginResponse, *, retried: bool = False) -> Gran
     """
     if response.WhichOneof("outcome") == "granted":
         granted = response.granted
-        return Grant(
+        return models.Grant(
             run=run_from(granted.run),
             lease_token=granted.lease_token,
             replayed=granted.replayed and not retried,
@@ -436,12 +445,12 @@ def configure_request(
     return request
 
 
-def end_result(response: pb.EndResponse) -> EndResult:
+def end_result(response: pb.EndResponse) -> models.EndResult:
     """End's result."""
-    return _END_RESULTS.get(response.result, EndResult.ALREADY_ENDED)
+    return _END_RESULTS.get(response.result, models.EndResult.ALREADY_ENDED)
 
 
-def renew_every(grant: Grant) -> float:
+def renew_every(grant: models.Grant) -> float:
     """How often to renew a lease: a third of its length, so two renewals may fail."""
     return max(0.05, (grant.run.expires_at - grant.run.started_at).total_seconds() / 3)
 
@@ -460,7 +469,7 @@ class WatchCursor:
         self._pending: int | None = None
         self._seen = 0
         self._skip = 0
-        self._parts: list[GuardState] = []
+        self._parts: list[models.GuardState] = []
         self._resynced = False
 
     def request(self, guards: Iterable[str]) -> pb.WatchRequest:
@@ -472,7 +481,7 @@ class WatchCursor:
         self._skip = self._seen if self._pending is not None else 0
         self._parts, self._resynced = [], False
 
-    def accept(self, message: pb.WatchResponse) -> WatchEvent | None:
+    def accept(self, message: pb.WatchResponse) -> models.WatchEvent | None:
         """The event a message means, or None for a replayed change already delivered."""
         kind = message.WhichOneof("event")
         if kind == "snapshot":
@@ -484,7 +493,7 @@ class WatchCursor:
                 return None
             self.epoch = message.epoch
             self.complete, self._pending, self._seen, self._skip = (part.revision, None, 0, 0)
-            snapshot = Snapshot(
+            snapshot = models.Snapshot(
                 epoch=message.epoch,
                 revision=part.revision,
                 guards=tuple(self._parts),
@@ -497,7 +506,7 @@ class WatchCursor:
             if self._pending is not None and revision >= self._pending:
                 self._pending, self._seen = None, 0
             self.complete = max(self.complete, revision)
-            return Progress(epoch=message.epoch, revision=revision)
+            return models.Progress(epoch=message.epoch, revision=revision)
         change = message.change
         if self._skip and change.revision == self._pending:
             self._skip -= 1
@@ -511,7 +520,7 @@ class WatchCursor:
         else:
             self._pending, self._seen = change.revision, 1
         self.epoch = message.epoch
-        return Change(
+        return models.Change(
             epoch=message.epoch,
             revision=change.revision,
             kind=_KINDS.get(change.kind, "unknown"),
@@ -519,173 +528,3 @@ class WatchCursor:
             state=guard_state(change.state, change.revision, message.epoch),
             reason=_RELEASES.get(change.release_reason),
         )
-
-
-class Holding:
-    """A slot held inside ``client.run(...)``.
-
-    How the holder learns that it lost the slot (expired, force-ended): the
-    ``lost`` flag turns true at once, the ``on_lost`` callback is called once
-    with the LeaseLost error, and leaving the ``with`` block raises it.
-
-    How it learns that somebody asked it to stop (``Client.cancel``): within a
-    second (through the Watch the block keeps open, or the next renewal)
-    ``cancel_requested`` turns true, ``on_cancel`` is called once with the
-    Cancelled error, and ``check()`` raises it. The slot stays held until the
-    block is left; then the run Ends with outcome "cancelled".
-
-    ``report_progress(fraction, message)`` sends progress with a renewal sent at
-    once (at most every ``PROGRESS_SEND_INTERVAL`` seconds; the latest report
-    always goes). ``finish(result, outcome=...)`` sets what the End on leaving
-    the block says; otherwise it says "succeeded" (or "cancelled" once cancel
-    was requested, or "failed" when the block raised).
-    """
-
-    def __init__(
-        self,
-        grant: Grant,
-        on_lost: Callable[[LeaseLost], object] | None = None,
-        on_cancel: Callable[[Cancelled], object] | None = None,
-    ) -> None:
-        self.grant = grant
-        self._on_lost = on_lost
-        self._on_cancel = on_cancel
-        self._lock = threading.Lock()
-        self._lost: LeaseLost | None = None
-        self._cancelled: Cancelled | None = None
-        self._pending: tuple[float | None, str] | None = None
-        self._sent_at = 0.0
-        self.outcome: str | None = None
-        """What the End on leaving the block says (None: decided when it is left)."""
-        self.result: Any = None
-        """The result the End on leaving the block carries."""
-        self.wake: Callable[[], None] = lambda: None
-        """Set by the client: wakes its renewer to send a progress report now."""
-
-    @property
-    def cancel_requested(self) -> bool:
-        """True once somebody asked the run to stop."""
-        return self._cancelled is not None
-
-    def report_progress(self, fraction: float | None = None, message: str = "") -> None:
-        """Report how far the run has got: ``fraction`` in [0, 1] and/or a short message."""
-        if fraction is None and not message:
-            raise ValueError("give a fraction, a message or both")
-        if fraction is not None and not 0 <= fraction <= 1:
-            raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-        if len(message) > PROGRESS_MESSAGE_MAX_CHARS:
-            raise ValueError(f"message must be at most {PROGRESS_MESSAGE_MAX_CHARS} characters")
-        with self._lock:
-            self._pending = (fraction, message)
-        self.wake()
-
-    def take_progress(self) -> tuple[tuple[float | None, str] | None, float]:
-        """The report to send now (or None), and how long to wait first if it is too soon."""
-        with self._lock:
-            if self._pending is None:
-                return None, 0.0
-            wait = self._sent_at + PROGRESS_SEND_INTERVAL - time.monotonic()
-            if wait > 0:
-                return None, wait
-            pending, self._pending = self._pending, None
-            self._sent_at = time.monotonic()
-            return pending, 0.0
-
-    def finish(self, result: Any = None, *, outcome: str = "succeeded") -> None:
-        """Say how the run went: the End on leaving the block sends ``outcome`` and ``result``."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
-        self.outcome, self.result = outcome, result
-
-    def end_outcome(self, failed: bool) -> str:
-        """The outcome the End on leaving the block sends."""
-        if self.outcome is not None:
-            return self.outcome
-        if self.cancel_requested:
-            return "cancelled"
-        return "failed" if failed else "succeeded"
-
-    def request_cancel(self, run: Run) -> None:
-        """Record that the run was asked to stop (first time wins) and call ``on_cancel`` once."""
-        with self._lock:
-            if self._cancelled is not None:
-                return
-            why = f": {run.cancel_reason}" if run.cancel_reason else ""
-            by = f" by {run.cancelled_by}" if run.cancelled_by else ""
-            self._cancelled = Cancelled(
-                f"run {run.operation_id!r} of guard {run.guard!r} was asked to stop{by}{why}",
-                reason=run.cancel_reason,
-                by=run.cancelled_by,
-            )
-        if self._on_cancel is not None:
-            self._on_cancel(self._cancelled)
-
-    def cancel_seen(self, event: WatchEvent) -> Run | None:
-        """The run, if a watch event says this run was asked to stop."""
-        mine = self.grant.run.fencing_token
-        if isinstance(event, Change):
-            run = event.run
-            if event.kind == "cancel_requested" and run is not None and run.fencing_token == mine:
-                return run
-            return None
-        if isinstance(event, Snapshot):
-            for state in event.guards:
-                for run in state.holders:
-                    if run.fencing_token == mine and run.cancel_requested:
-                        return run
-        return None
-
-    @property
-    def run(self) -> Run:
-        """The run holding the slot."""
-        return self.grant.run
-
-    @property
-    def lost(self) -> bool:
-        """True once the slot is known to be lost."""
-        return self._lost is not None
-
-    @property
-    def lost_error(self) -> LeaseLost | None:
-        """Why the slot was lost, once it was."""
-        return self._lost
-
-    def check(self) -> None:
-        """Raise LeaseLost if the slot was lost, Cancelled if the run was asked to stop;
-        call it between steps of long work."""
-        if self._lost is not None:
-            raise self._lost
-        if self._cancelled is not None:
-            raise self._cancelled
-
-    def lose(self, reason: str) -> None:
-        """Record the loss (first reason wins) and call ``on_lost`` once."""
-        with self._lock:
-            if self._lost is not None:
-                return
-            run = self.grant.run
-            self._lost = LeaseLost(
-                f"run {run.operation_id!r} of guard {run.guard!r} lost its slot: {reason}",
-                guard=run.guard,
-                operation_id=run.operation_id,
-            )
-        if self._on_lost is not None:
-            self._on_lost(self._lost)
-
-    def released(self, event: WatchEvent) -> str | None:
-        """The reason, if a watch event says this run left its slot."""
-        run = self.grant.run
-        if isinstance(event, Change):
-            same = (
-                event.run is not None
-                and event.run.operation_id == run.operation_id
-                and event.run.fencing_token == run.fencing_token
-            )
-            return event.reason if same and event.kind == "released" else None
-        if isinstance(event, Snapshot):
-            for state in event.guards:
-                if state.guard == run.guard and not any(
-                    h.fencing_token == run.fencing_token for h in state.holders
-                ):
-                    return "not a holder any more"
-        return None

@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar, Unpack
 
 import grpc
 
+from runguard.client._holding import Holding
 from runguard.client._shared import (
     DEFAULT_RETRY,
-    Holding,
+    BeginOptions,
     RetryPolicy,
     WaitingBegin,
     WatchCursor,
@@ -129,29 +130,13 @@ class Client:
             time.sleep(self.retry.delay(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def begin(
-        self,
-        guard: str = "",
-        *,
-        route: str = "",
-        payload: Any = None,
-        idempotency_key: str | None = None,
-        operation_id: str | None = None,
-        ttl: float | None = None,
-        wait: float | None = None,
-        labels: Mapping[str, str] | None = None,
-    ) -> Grant:
+    def begin(self, guard: str = "", **options: Unpack[BeginOptions]) -> Grant:
         """Take a slot of ``guard``.
 
         Args:
             guard: the guard's name ("" is "default").
-            route: what is being run; part of the fingerprint.
-            payload: any JSON-able value; equal values are the same submission.
-            idempotency_key: names the submission instead of a payload.
-            operation_id: your name for the run; made here when None, so a retry is safe.
-            ttl: lease length in seconds (the server's max when None).
-            wait: seconds to queue when the guard is full (refuse at once when None).
-            labels: shown to watchers.
+            **options: ``route``, ``payload`` or ``idempotency_key``, ``operation_id``,
+                ``ttl``, ``wait``, ``labels`` (see ``BeginOptions``).
 
         Returns:
             The grant: the run and its lease token.
@@ -161,16 +146,8 @@ class Client:
             InvalidArgument: a field broke a limit (``violations`` names it).
             Unavailable: the server stayed unreachable through the retries.
         """
-        request = begin_request(
-            guard,
-            route=route,
-            payload=payload,
-            idempotency_key=idempotency_key,
-            operation_id=operation_id,
-            ttl=ttl,
-            wait=wait,
-            labels=labels,
-        )
+        request = begin_request(guard, **options)
+        wait = options.get("wait")
         if not wait:
             reply, sent = self._attempts("Begin", request, self.timeout)
             return grant_or_raise(reply, retried=sent > 1)
@@ -349,15 +326,9 @@ class Client:
         self,
         guard: str = "",
         *,
-        route: str = "",
-        payload: Any = None,
-        idempotency_key: str | None = None,
-        operation_id: str | None = None,
-        ttl: float | None = None,
-        wait: float | None = None,
-        labels: Mapping[str, str] | None = None,
         on_lost: Callable[[LeaseLost], object] | None = None,
         on_cancel: Callable[[Cancelled], object] | None = None,
+        **options: Unpack[BeginOptions],
     ) -> Iterator[Holding]:
         """Hold a slot for the ``with`` block: Begin, renew in the background, End on exit.
 
@@ -376,16 +347,7 @@ class Client:
             RunRejected: the slot was refused (the block does not run).
             LeaseLost: on exit, if the slot was lost while the block ran.
         """
-        grant = self.begin(
-            guard,
-            route=route,
-            payload=payload,
-            idempotency_key=idempotency_key,
-            operation_id=operation_id,
-            ttl=ttl,
-            wait=wait,
-            labels=labels,
-        )
+        grant = self.begin(guard, **options)
         holding = Holding(grant, on_lost, on_cancel)
         stop = threading.Event()
         wake = threading.Event()
@@ -414,8 +376,8 @@ class Client:
                 release(failed=not isinstance(error, Cancelled))
             raise
         release(failed=False)
-        if holding.lost_error is not None:
-            raise holding.lost_error
+        if holding.lost:
+            holding.check()
 
     def _renew(self, holding: Holding, stop: threading.Event, wake: threading.Event) -> None:
         grant = holding.grant

@@ -33,6 +33,7 @@ from datetime import datetime
 from typing import Any
 
 from runguard.client._connect import ENVIRONMENT, connect_options
+from runguard.client._shared import BeginOptions
 from runguard.client._sync import Client
 from runguard.client.errors import (
     Cancelled,
@@ -346,17 +347,21 @@ def _refused(args: argparse.Namespace, error: RunGuardError) -> int:
     return EXIT_REFUSED
 
 
-def _begin(client: Client, args: argparse.Namespace) -> int:
-    grant = client.begin(
-        args.guard,
-        route=args.route,
-        payload=args.payload,
+def _begin_options(args: argparse.Namespace, route: str, payload: Any) -> BeginOptions:
+    """The Begin keywords the ``begin`` and ``run`` verbs' flags give."""
+    return BeginOptions(
+        route=route,
+        payload=payload,
         idempotency_key=args.key,
         operation_id=args.operation_id,
         ttl=args.ttl,
         wait=args.wait,
         labels=dict(args.label),
     )
+
+
+def _begin(client: Client, args: argparse.Namespace) -> int:
+    grant = client.begin(args.guard, **_begin_options(args, args.route, args.payload))
     _emit(
         args.json,
         f"granted {_run_text(grant.run)}\nlease_token={grant.lease_token}",
@@ -365,15 +370,13 @@ def _begin(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _held(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The guard, operation_id and lease token of the run a verb names."""
+    return args.guard, args.operation_id, args.token
+
+
 def _end(client: Client, args: argparse.Namespace) -> int:
-    result = client.end(
-        args.guard,
-        args.operation_id,
-        args.token,
-        force=args.force,
-        outcome=args.outcome,
-        result=args.result,
-    )
+    result = client.end(*_held(args), force=args.force, outcome=args.outcome, result=args.result)
     text = result.value.replace("_", " ")
     if result is EndResult.UNKNOWN:
         text += ": the guard has no run of that operation_id (never granted, or long forgotten)"
@@ -383,12 +386,7 @@ def _end(client: Client, args: argparse.Namespace) -> int:
 
 def _keepalive(client: Client, args: argparse.Namespace) -> int:
     run = client.keep_alive(
-        args.guard,
-        args.operation_id,
-        args.token,
-        ttl=args.ttl,
-        fraction=args.fraction,
-        message=args.message,
+        *_held(args), ttl=args.ttl, fraction=args.fraction, message=args.message
     )
     _emit(args.json, f"renewed {_run_text(run)}", {"run": _plain(run)})
     return 0
@@ -464,18 +462,8 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         _signal_group(child[0], signal.SIGTERM)
 
     payload = args.payload if args.payload is not None or args.key else command
-    with client.run(
-        args.guard,
-        route=args.route or "runguard run",
-        payload=payload,
-        idempotency_key=args.key,
-        operation_id=args.operation_id,
-        ttl=args.ttl,
-        wait=args.wait,
-        labels=dict(args.label),
-        on_lost=stop_child,
-        on_cancel=stop_child,
-    ) as holding:
+    options = _begin_options(args, args.route or "runguard run", payload)
+    with client.run(args.guard, on_lost=stop_child, on_cancel=stop_child, **options) as holding:
         # Its own process group: a stop reaches the whole command (a shell's children
         # too), as GNU timeout does it.
         child.append(subprocess.Popen(command, process_group=0))

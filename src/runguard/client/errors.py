@@ -1,43 +1,55 @@
-"""Every error the RunGuard client raises, in one tree, and the one function
-that turns a gRPC status into one of them.
+"""Every error the RunGuard client raises, in one tree, the one table that maps a gRPC
+status code to its class, and the function that turns a failed call's status into one.
+
+Like connect's ``ConnectError``, every error carries ``code``, the ``grpc.StatusCode`` it
+stands for: the status of the failed call, or for an error found by the client itself
+(a watch saw the slot go, the Watch stream ended) the status that means the same. Only
+``RunRejected`` (Begin answered with a refusal) and ``Cancelled`` (somebody asked the run
+to stop) stand for no failed call: their ``code`` is None.
 
 ::
 
-    RunGuardError
-    ├── RunRejected         Begin was refused: reason "in_flight", "duplicate",
-    │                       "wait_timeout" or "queue_full" (a typed outcome, not a fault)
-    ├── LeaseLost           the run no longer holds its slot (NOT_FOUND, or seen by a watch)
-    │   └── RunNotFound     GetRun or Cancel: the guard knows no such run (NOT_FOUND)
-    ├── Cancelled           ``holding.check()``: somebody asked the run to stop
-    ├── InvalidArgument     INVALID_ARGUMENT, with the server's field violations
-    ├── PermissionDenied    PERMISSION_DENIED: wrong lease token, or a role the caller lacks
-    ├── Unauthenticated     UNAUTHENTICATED: no credentials, or ones the server does not know
-    ├── AlreadyExists       ALREADY_EXISTS: operation_id reused for another submission
-    ├── Unavailable         UNAVAILABLE after the retries: server or store down
-    └── CallFailed          any other status (DEADLINE_EXCEEDED, INTERNAL, ...)
+    RunGuardError                                                   code
+    ├── RunRejected         Begin was refused: reason "in_flight",  None
+    │                       "duplicate", "wait_timeout" or "queue_full"
+    │                       (a typed outcome, not a fault)
+    ├── LeaseLost           the run no longer holds its slot        NOT_FOUND
+    │   └── RunNotFound     GetRun or Cancel: no such run           NOT_FOUND
+    ├── Cancelled           ``holding.check()``: asked to stop      None
+    ├── InvalidArgument     with the server's field violations      INVALID_ARGUMENT
+    ├── PermissionDenied    wrong lease token, or a role it lacks   PERMISSION_DENIED
+    ├── Unauthenticated     no credentials, or unknown ones         UNAUTHENTICATED
+    ├── AlreadyExists       operation_id reused for another run     ALREADY_EXISTS
+    ├── ResourceExhausted   a server limit: watchers, guards, size  RESOURCE_EXHAUSTED
+    ├── Unavailable         after the retries: server or store down UNAVAILABLE
+    └── CallFailed          any other status                        its own
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Self
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from runguard.client._hints import with_hint
+from runguard.client.hints import with_hint
 from runguard.contract import DETAILS_KEY
 
 if TYPE_CHECKING:
     from runguard.client.models import Run
 
 __all__ = [
+    "ERRORS",
     "AlreadyExists",
     "CallFailed",
     "Cancelled",
     "InvalidArgument",
     "LeaseLost",
     "PermissionDenied",
+    "ResourceExhausted",
     "RunGuardError",
     "RunNotFound",
     "RunRejected",
@@ -47,12 +59,39 @@ __all__ = [
 ]
 
 
+Trailers = Sequence[tuple[str, str | bytes]]
+"""A failed call's trailing metadata."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """What a failed call ended with, and whether its channel used TLS."""
+
+    code: grpc.StatusCode
+    message: str
+    trailers: Trailers | None
+    tls: bool
+
+
 class RunGuardError(Exception):
-    """The root of every error the client raises."""
+    """The root of every error the client raises.
+
+    Attributes:
+        message: a sentence for people (the server's status message, when it sent one).
+        code: the ``grpc.StatusCode`` the error stands for; None when no failed call
+            stands behind it (``RunRejected``, ``Cancelled``).
+    """
+
+    code: grpc.StatusCode | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @classmethod
+    def _from_status(cls, status: _Status) -> Self:
+        """The error of this class for a failed call (subclasses read more of it)."""
+        return cls(status.message)
 
 
 class RunRejected(RunGuardError):
@@ -103,6 +142,8 @@ class RunRejected(RunGuardError):
 class LeaseLost(RunGuardError):
     """The run holds no slot any more; a worker that gets this must stop."""
 
+    code = grpc.StatusCode.NOT_FOUND
+
     def __init__(self, message: str, *, guard: str = "", operation_id: str = "") -> None:
         super().__init__(message)
         self.guard = guard
@@ -127,25 +168,50 @@ class Cancelled(RunGuardError):
 class InvalidArgument(RunGuardError):
     """The server refused the request's fields; ``violations`` maps field -> description."""
 
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
     def __init__(self, message: str, violations: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(message)
         self.violations = tuple(violations)
+
+    @classmethod
+    def _from_status(cls, status: _Status) -> Self:
+        return cls(status.message, _violations(status.trailers))
 
 
 class PermissionDenied(RunGuardError):
     """The lease token does not match the run, or the caller's roles do not allow the call."""
 
+    code = grpc.StatusCode.PERMISSION_DENIED
+
 
 class Unauthenticated(RunGuardError):
     """The server needs credentials (a client certificate or a bearer token) it did not get."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class AlreadyExists(RunGuardError):
     """The operation_id names a live run of another submission."""
 
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhausted(RunGuardError):
+    """The server is at one of its limits: the caller's Watch streams, the guards the
+    store may hold, or the size of a request; the message names which."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
 
 class Unavailable(RunGuardError):
     """The server could not be reached (or its store), also after retrying."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    @classmethod
+    def _from_status(cls, status: _Status) -> Self:
+        return cls(with_hint(status.message, tls=status.tls))
 
 
 class CallFailed(RunGuardError):
@@ -155,8 +221,26 @@ class CallFailed(RunGuardError):
         super().__init__(message)
         self.code = code
 
+    @classmethod
+    def _from_status(cls, status: _Status) -> Self:
+        return cls(status.message, status.code)
 
-def _violations(trailers: Sequence[tuple[str, str | bytes]] | None) -> list[tuple[str, str]]:
+
+ERRORS: Mapping[grpc.StatusCode, type[RunGuardError]] = MappingProxyType(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+        grpc.StatusCode.NOT_FOUND: LeaseLost,
+        grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+        grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+        grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+        grpc.StatusCode.UNAVAILABLE: Unavailable,
+    }
+)
+"""The client error of each status code; any other code is a ``CallFailed``."""
+
+
+def _violations(trailers: Trailers | None) -> list[tuple[str, str]]:
     for key, raw in trailers or ():
         if key != DETAILS_KEY or not isinstance(raw, bytes):
             continue
@@ -173,7 +257,7 @@ def _violations(trailers: Sequence[tuple[str, str | bytes]] | None) -> list[tupl
 def error_from_status(
     code: grpc.StatusCode,
     details: str | None,
-    trailers: Sequence[tuple[str, str | bytes]] | None = None,
+    trailers: Trailers | None = None,
     *,
     tls: bool = False,
 ) -> RunGuardError:
@@ -182,17 +266,5 @@ def error_from_status(
     ``tls`` says whether the channel used TLS: an UNAVAILABLE that looks like a TLS
     mismatch gets a hint naming the setting to change.
     """
-    message = details or code.name
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument(message, _violations(trailers))
-    if code is grpc.StatusCode.NOT_FOUND:
-        return LeaseLost(message)
-    if code is grpc.StatusCode.PERMISSION_DENIED:
-        return PermissionDenied(message)
-    if code is grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(message)
-    if code is grpc.StatusCode.ALREADY_EXISTS:
-        return AlreadyExists(message)
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(with_hint(message, tls=tls))
-    return CallFailed(message, code)
+    kind = ERRORS.get(code, CallFailed)
+    return kind._from_status(_Status(code, details or code.name, trailers, tls))

@@ -128,6 +128,8 @@ class Snapshot:
     """The watched guards at ``revision``; ``resynced``: rebuild what you derived before."""
 
     epoch: str
+    """Names the store's history that ``revision`` counts in (a new one after a restart
+    of a store that keeps no history)."""
     revision: int
     guards: tuple[GuardState, ...]
     resynced: bool

@@ -22,8 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runguard import __version__
-from runguard.client._connect import connect_options
-from runguard.client._hints import with_hint
+from runguard.client import connect_options
 from runguard.client.cli import (
     VERBS,
     add_connection_flags,
@@ -32,6 +31,7 @@ from runguard.client.cli import (
     run_verb,
     split_command,
 )
+from runguard.client.hints import with_hint
 from runguard.contract import DEFAULT_TARGET
 from runguard.server.app import RunGuardServer, configure_logging
 from runguard.server.config import ServerConfig

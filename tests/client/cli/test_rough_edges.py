@@ -38,10 +38,8 @@ def test_other_unknown_arguments_are_still_named(cli: Cli, guard: str) -> None:
     assert "unrecognized arguments: extra" in done.stderr
 
 
-def test_a_closed_pipe_ends_the_verb_quietly(server: Served, guard: str) -> None:
-    """A verb whose reader has gone (``runguard begin ... | head -1``) exits 141, as a shell
-    tool ended by SIGPIPE does, without a traceback."""
-    command = shlex.join(runguard_command("begin", server.address, guard))
+def _piped_to_a_closed_reader(command: str) -> tuple[str, str]:
+    """What bash prints of ``command | true``: the command's exit status, and stderr."""
     done = subprocess.run(
         ["bash", "-c", f"{command} | true; echo status ${{PIPESTATUS[0]}}"],
         capture_output=True,
@@ -49,7 +47,14 @@ def test_a_closed_pipe_ends_the_verb_quietly(server: Served, guard: str) -> None
         timeout=30,
         check=False,
     )
-    assert (done.stdout, done.stderr) == ("status 141\n", "")
+    return done.stdout, done.stderr
+
+
+def test_a_closed_pipe_ends_the_verb_quietly(server: Served, guard: str) -> None:
+    """A verb whose reader has gone (``runguard begin ... | head -1``) exits 141, as a shell
+    tool ended by SIGPIPE does, without a traceback."""
+    command = shlex.join(runguard_command("begin", server.address, guard))
+    assert _piped_to_a_closed_reader(command) == ("status 141\n", "")
 
 
 def test_version_comes_from_the_package_metadata() -> None:
@@ -93,11 +98,4 @@ def test_a_closed_pipe_ends_health_quietly(server: Served) -> None:
     command = shlex.join(
         [sys.executable, "-m", "runguard.server", "health", "--target", server.address]
     )
-    done = subprocess.run(
-        ["bash", "-c", f"{command} | true; echo status ${{PIPESTATUS[0]}}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert (done.stdout, done.stderr) == ("status 141\n", "")
+    assert _piped_to_a_closed_reader(command) == ("status 141\n", "")
