@@ -75,7 +75,9 @@ class Noop:
 
     async def open(self) -> None:
         self._channel = grpc.aio.insecure_channel(self._address)
-        self._call = self._channel.unary_unary(NOOP_METHOD)
+        self._call = self._channel.unary_unary(
+            NOOP_METHOD, request_serializer=None, response_deserializer=None
+        )
 
     async def acquire(self, worker: int, n: int) -> Any:
         await self._call(b"", timeout=CALL_TIMEOUT)
@@ -102,7 +104,9 @@ class Stream:
         self._channel = grpc.aio.insecure_channel(self._address)
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._call = self._channel.stream_stream(EXCHANGE_METHOD)(self._requests())
+        self._call = self._channel.stream_stream(
+            EXCHANGE_METHOD, request_serializer=None, response_deserializer=None
+        )(self._requests())
         self._reader = asyncio.create_task(self._read())
 
     async def _requests(self) -> AsyncIterator[bytes]:

@@ -17,9 +17,7 @@ import pytest
 
 from runguard.server.app import RunGuardServer
 from runguard.server.config import ServerConfig
-from runguard.v1 import runguard_pb2_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.stubs import AsyncStub, async_stub
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +35,7 @@ class Running:
     server: RunGuardServer
     address: str
     channel: grpc.aio.Channel
-    stub: Any  # runguard_pb2_grpc.RunGuardServiceStub (generated, untyped)
+    stub: AsyncStub
 
 
 @pytest.fixture
@@ -51,13 +49,13 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         port = await server.start()
         address = f"127.0.0.1:{port}"
         channel = grpc.aio.insecure_channel(address)
-        running = Running(server, address, channel, runguard_pb2_grpc.RunGuardServiceStub(channel))
+        running = Running(server, address, channel, async_stub(channel))
         started.append(running)
         return running
 
     yield start
     for running in started:
-        await running.channel.close()
+        await running.channel.close(None)
         await running.server.stop(grace=0.1)
 
 
@@ -68,6 +66,18 @@ async def running(start_server: Callable[..., Any]) -> Running:
     return result
 
 
+def stop_process(process: subprocess.Popen[str], grace: float = 10) -> None:
+    """Stop a server process as a supervisor would: SIGTERM, ``grace`` seconds, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Served:
     """A ``runguard serve`` process and the address it listens on."""
@@ -75,6 +85,10 @@ class Served:
     process: subprocess.Popen[str]
     address: str
     log: Path
+
+    def stop(self, grace: float = 10) -> None:
+        """Terminate the server and reap it; killed if it outlives ``grace`` seconds."""
+        stop_process(self.process, grace)
 
 
 def serve_process(tmp_path: Path, *args: str) -> Served:
@@ -111,10 +125,4 @@ def served(tmp_path: Path) -> Iterator[Callable[..., Served]]:
 
     yield start
     for item in processes:
-        if item.process.poll() is None:
-            item.process.terminate()
-            try:
-                item.process.wait(10)
-            except subprocess.TimeoutExpired:
-                item.process.kill()
-                item.process.wait()
+        item.stop()

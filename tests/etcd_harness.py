@@ -165,7 +165,8 @@ class EtcdCluster:
         """The member's Maintenance.Status reply, or None if it does not answer."""
         with grpc.insecure_channel(member.endpoint) as channel:
             try:
-                return MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
+                reply: object = MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
+                return reply
             except grpc.RpcError:
                 return None
 

@@ -257,8 +257,8 @@ def run_page(page: Path, work: Path, timeout: float = 150.0) -> list[Outcome]:
     statuses: dict[int, int | None] = {}
     results = out / "results"
     for line in results.read_text().splitlines() if results.exists() else []:
-        kind, number, *rest = line.split()
-        statuses[int(number)] = int(rest[0]) if kind == "status" else None
+        kind, index, *rest = line.split()
+        statuses[int(index)] = int(rest[0]) if kind == "status" else None
     outcomes = []
     for number, block in enumerate(blocks):
         if not block.runs:

@@ -26,8 +26,9 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.certs import Pki, make_pki
-from tests.conftest import ROOT, Served
+from tests.conftest import Served
 
+ROOT = Path(__file__).resolve().parents[2]
 DATA = "/var/lib/runguard"
 
 

@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
+from tests.stubs import sync_stub
 
 pytestmark = pytest.mark.interop
 
@@ -112,7 +112,7 @@ def test_equal_json_from_python_and_node_is_one_submission(
     payload = struct_pb2.Value()
     json_format.ParseDict({"a": 1, "b": [1, 2]}, payload)
     with grpc.insecure_channel(server.address) as channel:
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        stub = sync_stub(channel)
         begun = stub.Begin(pb.BeginRequest(guard="fp", route=route, payload=payload), timeout=10)
         run = begun.granted.run
         ended = stub.End(

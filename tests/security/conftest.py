@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from runguard.client import connect_options
-from runguard.v1 import runguard_pb2_grpc
 from tests.certs import Pki, make_pki
+from tests.stubs import async_stub
 
 
 @pytest.fixture(scope="session")
@@ -99,15 +99,13 @@ async def callers() -> Any:
             if credentials is not None
             else grpc.aio.insecure_channel(address)
         )
-        caller = Caller(
-            channel, runguard_pb2_grpc.RunGuardServiceStub(channel), settings["metadata"]
-        )
+        caller = Caller(channel, async_stub(channel), settings["metadata"])
         made.append(caller)
         return caller
 
     yield make
     for caller in made:
-        await caller.channel.close()
+        await caller.channel.close(None)
 
 
 MakeCaller = Callable[..., Caller]

@@ -20,11 +20,11 @@ import pytest
 from runguard.client import connect_options, run_guard
 from runguard.server.cli import main
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.certs import Pki
 from tests.conftest import Served
 from tests.integration.support import begin_request
 from tests.security.conftest import Tokens, token_file_text
+from tests.stubs import sync_stub
 
 
 def _events(server: Served, event: str) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ def _stub(address: str, token: str) -> tuple[grpc.Channel, Any, tuple[tuple[str,
     channel = grpc.insecure_channel(address)
     return (
         channel,
-        runguard_pb2_grpc.RunGuardServiceStub(channel),
+        sync_stub(channel),
         connect_options(token=token)["metadata"],
     )
 

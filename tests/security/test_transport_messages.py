@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -69,7 +68,7 @@ def test_tls_client_at_a_plaintext_server_is_told_to_drop_tls(
 ) -> None:
     """A Client with a CA at a plaintext port is told the server does not serve TLS."""
     server = served()
-    options: dict[str, Any] = connect_options(ca=str(pki.ca))
+    options = connect_options(ca=str(pki.ca))
     client = Client(server.address, retry=ONCE, timeout=5, **options)
     with client, pytest.raises(Unavailable) as caught:
         client.current("g")
@@ -82,7 +81,7 @@ def test_a_waiting_begin_that_gives_up_gets_the_same_hint(
     """A Begin with a wait, retried until its wait is spent, ends with the hint a TLS client
     gets (at an mTLS port without a certificate: give one), not a plaintext client's."""
     server = served(*_tls_args(pki), "--tls-client-ca", str(pki.ca))
-    options: dict[str, Any] = connect_options(ca=str(pki.ca))
+    options = connect_options(ca=str(pki.ca))
     client = Client(server.address, retry=ONCE, timeout=5, **options)
     with client, pytest.raises(Unavailable) as caught:
         client.begin("g", wait=0.5)
@@ -95,7 +94,7 @@ def test_client_without_its_certificate_at_an_mtls_server_is_told_to_pass_one(
 ) -> None:
     """A TLS Client without a certificate at an mTLS port is told to give --cert/--cert-key."""
     server = served(*_tls_args(pki), "--tls-client-ca", str(pki.ca))
-    options: dict[str, Any] = connect_options(ca=str(pki.ca))
+    options = connect_options(ca=str(pki.ca))
     client = Client(server.address, retry=ONCE, timeout=5, **options)
     with client, pytest.raises(Unavailable) as caught:
         client.current("g")

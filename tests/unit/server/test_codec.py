@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -28,6 +29,7 @@ from runguard.server.core import (
     RunOutcome,
     RunProgress,
     Tombstone,
+    Transition,
     Waiter,
     begin,
     cancel,
@@ -333,7 +335,7 @@ def test_documents_made_by_the_core_round_trip() -> None:
     """A guard with a holder, a queue, dedup entries and tombstones survives the codec."""
     policy = GuardPolicy(capacity=1, max_queue=5)
     doc = GuardDoc(name="g", next_fencing=1_700_000_000_000_000)
-    steps = [
+    steps: list[Callable[[GuardDoc], Transition[Any]]] = [
         lambda d: begin(
             d,
             policy,
