@@ -91,6 +91,18 @@ class Served:
         stop_process(self.process, grace)
 
 
+def runguard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``runguard ARGS`` (as ``python -m runguard.server``) to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "runguard.server", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
+
+
 def serve_process(tmp_path: Path, *args: str) -> Served:
     """Start ``runguard serve --listen 127.0.0.1:0 ARGS`` and wait for its 'serving' line."""
     log = tmp_path / f"server-{time.monotonic_ns()}.log"

@@ -24,9 +24,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Served
 from tests.http.browser import chromium
-from tests.http.test_node_connect import NODE_DIR
 from tests.http.test_security import http_port_of
 from tests.integration.support import begin_request
+from tests.interop.node_run import NODE_DIR
 from tests.stubs import sync_stub
 
 pytestmark = pytest.mark.interop

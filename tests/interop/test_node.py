@@ -6,11 +6,7 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,37 +14,21 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from runguard.v1 import runguard_pb2 as pb
+from tests.interop.node_run import NODE_DIR, node_program, run_node
 from tests.stubs import sync_stub
 
 pytestmark = pytest.mark.interop
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 CLIENT = NODE_DIR / "client.mjs"
 
 
 @pytest.fixture
 def node_client() -> Callable[..., list[dict[str, Any]]]:
     """Runs ``node client.mjs ARGS`` to its JSON lines; fails if Node or its packages are absent."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not on PATH: install Node.js 20 or newer to run the interop tests")
-    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        pytest.fail(
-            "tests/interop/node/node_modules is missing: run scripts/bootstrap "
-            "(it runs `npm ci` in tests/interop/node)"
-        )
+    node_program()
 
     def run(*args: str) -> list[dict[str, Any]]:
-        done = subprocess.run(
-            [node, str(CLIENT), *args],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert done.returncode == 0, f"node client failed:\n{done.stdout}\n{done.stderr}"
-        return [json.loads(line) for line in done.stdout.splitlines()]
+        return run_node(CLIENT, *args, timeout=30)
 
     return run
 

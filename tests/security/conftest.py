@@ -13,6 +13,7 @@ import pytest
 
 from runguard.client import connect_options
 from tests.certs import Pki, make_pki
+from tests.conftest import Running
 from tests.stubs import async_stub
 
 
@@ -109,3 +110,22 @@ async def callers() -> Any:
 
 
 MakeCaller = Callable[..., Caller]
+
+
+@pytest.fixture
+async def server(start_server: Callable[..., Any], tokens: Tokens) -> Running:
+    """An in-process server that takes the token file (plaintext, on loopback)."""
+    running: Running = await start_server(auth_tokens=str(tokens.path))
+    return running
+
+
+@pytest.fixture
+def as_(server: Running, callers: MakeCaller, tokens: Tokens) -> Callable[[str], Caller]:
+    """A caller of ``server`` holding the token of one principal: runner, watcher, admin,
+    both, or none (no token at all)."""
+
+    def make(who: str) -> Caller:
+        token = None if who == "none" else getattr(tokens, who)
+        return callers(server.address, token=token)
+
+    return make

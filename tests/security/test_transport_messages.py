@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,24 +13,13 @@ import pytest
 
 from runguard.client import Client, RetryPolicy, Unavailable, connect_options
 from tests.certs import Pki
-from tests.conftest import Served
+from tests.conftest import Served, runguard
 
 ONCE = RetryPolicy(attempts=1)
 
 
 def _tls_args(pki: Pki) -> tuple[str, ...]:
     return ("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key))
-
-
-def _runguard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runguard.server", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=env,
-    )
 
 
 def test_python_client_without_tls_at_a_tls_server_is_told_to_pass_the_ca(
@@ -55,11 +42,11 @@ def test_cli_without_tls_at_a_tls_server_is_told_to_pass_cacert(
     with one line that names --cacert; with it they succeed."""
     server = served(*_tls_args(pki))
     for verb in ("current", "health"):
-        done = _runguard(verb, "--target", server.address, "--timeout", "5")
+        done = runguard(verb, "--target", server.address, "--timeout", "5")
         assert done.returncode == 1, done
         assert done.stderr.count("\n") == 1, done.stderr
         assert "give the CA that signed its certificate with --cacert FILE" in done.stderr
-        fixed = _runguard(verb, "--target", server.address, "--cacert", str(pki.ca))
+        fixed = runguard(verb, "--target", server.address, "--cacert", str(pki.ca))
         assert fixed.returncode == 0, fixed.stderr
 
 
@@ -154,11 +141,11 @@ def test_a_port_in_use_is_one_line_and_nothing_keeps_running(
     if flag == "--metrics-listen":
         args = ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", first.address]
     env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
-    done = _runguard(*args, env=env)
+    done = runguard(*args, env=env)
     what = "serve metrics on" if flag == "--metrics-listen" else "listen on"
     assert (done.returncode, done.stdout) == (1, ""), done
     assert done.stderr == (
         f"runguard: cannot {what} {first.address}: "
         "the port is in use (is another server running on it?)\n"
     )
-    assert _runguard("health", "--target", first.address).returncode == 0
+    assert runguard("health", "--target", first.address).returncode == 0
