@@ -17,6 +17,7 @@ import pytest
 
 from runguard.server.app import RunGuardServer
 from runguard.server.config import ServerConfig
+from tests.certs import Pki, make_pki
 from tests.stubs import AsyncStub, async_stub
 
 
@@ -26,6 +27,13 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("RUNGUARD_", "RUN_DEDUP", "RUN_MAX")):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server certificate for localhost and client certificates, made once a session
+    (EC P-256, with ``cryptography``)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @dataclass

@@ -202,18 +202,22 @@ def test_page_is_readable_on_a_phone(
     assert json.loads(browser.execute_script("return JSON.stringify(document.title)")) == "RunGuard"
 
 
+def log_in_as_watcher(browser: webdriver.Chrome, server: Served, tokens: Tokens) -> None:
+    """Open the page of a server with tokens, see it ask for one, and give the watcher's."""
+    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
+    until(browser, lambda d: text_of(d, "status") == "needs a token")
+    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    until(browser, lambda d: text_of(d, "status") == "live")
+
+
 def test_page_asks_for_a_token_and_watches_with_the_cookie(
     served: Callable[..., Served], browser: webdriver.Chrome, tokens: Tokens
 ) -> None:
     """Against a server with tokens the page asks for one; a watcher's token is traded for
     the HttpOnly watch cookie, which its EventSource then uses (the script cannot read it)."""
     server = served("--http-listen", "127.0.0.1:0", "--auth-tokens", str(tokens.path))
-    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
-    until(browser, lambda d: text_of(d, "status") == "needs a token")
-
-    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
-    browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    until(browser, lambda d: text_of(d, "status") == "live")
+    log_in_as_watcher(browser, server, tokens)
     runner = sync_stub(grpc.insecure_channel(server.address))
     runner.Begin(begin_request("tokened"), metadata=(("authorization", f"Bearer {tokens.runner}"),))
 
@@ -278,11 +282,7 @@ def test_page_says_why_a_cancel_was_refused(
     """With a watcher's token, the Cancel button is refused by the server and the page says
     so; the run is not marked."""
     server = served("--http-listen", "127.0.0.1:0", "--auth-tokens", str(tokens.path))
-    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
-    until(browser, lambda d: text_of(d, "status") == "needs a token")
-    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
-    browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    until(browser, lambda d: text_of(d, "status") == "live")
+    log_in_as_watcher(browser, server, tokens)
     runner = sync_stub(grpc.insecure_channel(server.address))
     metadata = (("authorization", f"Bearer {tokens.runner}"),)
     runner.Begin(begin_request("theirs", guard="generate"), metadata=metadata)

@@ -12,15 +12,8 @@ import grpc
 import pytest
 
 from runguard.client import connect_options
-from tests.certs import Pki, make_pki
 from tests.conftest import Running
 from tests.stubs import async_stub
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Certificates for one test session (EC P-256, made with ``cryptography``)."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @dataclass(frozen=True)
