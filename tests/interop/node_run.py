@@ -12,6 +12,9 @@ import pytest
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 
+CLIENT_STEPS = ["begin", "second_begin", "watch_snapshot", "end", "watch_released", "end_again"]
+"""The steps ``node/client.mjs`` prints, one JSON line each, in this order."""
+
 
 def node_program() -> str:
     """The ``node`` executable; fails the test if Node.js or the programs' packages are absent."""

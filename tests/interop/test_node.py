@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from runguard.v1 import runguard_pb2 as pb
-from tests.interop.node_run import NODE_DIR, node_program, run_node
+from tests.interop.node_run import CLIENT_STEPS, NODE_DIR, node_program, run_node
 from tests.stubs import sync_stub
 
 pytestmark = pytest.mark.interop
@@ -47,14 +47,7 @@ def test_node_client_runs_begin_reject_watch_end(
     lines = node_client(server.address)
 
     steps = by_step(lines)
-    assert [line["step"] for line in lines] == [
-        "begin",
-        "second_begin",
-        "watch_snapshot",
-        "end",
-        "watch_released",
-        "end_again",
-    ]
+    assert [line["step"] for line in lines] == CLIENT_STEPS
     begin = steps["begin"]
     assert begin["outcome"] == "granted"
     assert begin["has_lease_token"] is True
