@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -19,17 +19,11 @@ from runguard.client import (
     RunNotFound,
     RunRejected,
 )
+from tests.client import test_clients
 from tests.client.test_clients import Api
 from tests.conftest import Served
 
-
-@pytest.fixture(params=["sync", "async"])
-async def api(request: pytest.FixtureRequest, served: Callable[..., Served]) -> AsyncIterator[Api]:
-    """The sync and the async client, each against its own served server (60 s dedup window)."""
-    server = served("--dedup-window", "60")
-    made = Api(request.param, server.address)
-    yield made
-    await made.close()
+api = test_clients.api  # the sync and the async client, as the client tests have them
 
 
 async def test_a_double_submit_gets_the_first_runs_result(api: Api) -> None:
