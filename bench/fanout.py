@@ -124,9 +124,9 @@ class _Tally:
 
 async def _runguard_watcher(channel: grpc.aio.Channel, guard: str, tally: _Tally) -> None:
     from runguard.v1 import runguard_pb2 as pb
-    from runguard.v1 import runguard_pb2_grpc
+    from tests.stubs import async_stub
 
-    stub: Any = runguard_pb2_grpc.RunGuardServiceStub(channel)  # type: ignore[no-untyped-call]
+    stub = async_stub(channel)
     call = stub.Watch(pb.WatchRequest(guards=[guard]))
     try:
         async for message in call:
@@ -232,11 +232,12 @@ def _child(spec: FanoutSpec, watchers: int, conn: Connection) -> None:
 
 class _RunGuardDriver:
     def __init__(self, address: str, guard: str) -> None:
-        from runguard.v1 import runguard_pb2, runguard_pb2_grpc
+        from runguard.v1 import runguard_pb2
+        from tests.stubs import sync_stub
 
         self._pb = runguard_pb2
         self._channel = grpc.insecure_channel(address)
-        self._stub: Any = runguard_pb2_grpc.RunGuardServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = sync_stub(self._channel)
         self._guard = guard
         self._grant: Any = None
 

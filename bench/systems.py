@@ -144,10 +144,9 @@ class RunGuard:
     """Begin (granted) and End on the generated stub."""
 
     def __init__(self, address: str, workers: list[int], tag: str, contended: bool) -> None:
-        from runguard.v1 import runguard_pb2, runguard_pb2_grpc
+        from runguard.v1 import runguard_pb2
 
         self._pb = runguard_pb2
-        self._grpc = runguard_pb2_grpc
         self._address = address
         self._tag = tag
         self._contended = contended
@@ -157,7 +156,9 @@ class RunGuard:
 
     async def open(self) -> None:
         self._channel = grpc.aio.insecure_channel(self._address)
-        self._stub: Any = self._grpc.RunGuardServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        from tests.stubs import async_stub
+
+        self._stub = async_stub(self._channel)
 
     def _guard(self, worker: int) -> str:
         return f"{self._tag}-contended" if self._contended else f"{self._tag}-{worker}"

@@ -12,7 +12,7 @@ import pytest
 from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Served
 from tests.integration.support import begin_request, end_request
-from tests.stubs import sync_stub
+from tests.stubs import Stub, sync_stub
 
 
 def _kill(server: Served) -> None:
@@ -20,14 +20,13 @@ def _kill(server: Served) -> None:
     server.process.wait(10)
 
 
-def _current(stub: object, guard: str) -> pb.CurrentResponse:
-    reply: pb.CurrentResponse = stub.Current(pb.CurrentRequest(guard=guard))  # type: ignore[attr-defined]
-    return reply
+def _current(stub: Stub, guard: str) -> pb.CurrentResponse:
+    return stub.Current(pb.CurrentRequest(guard=guard))
 
 
-def _watch(stub: object, request: pb.WatchRequest, count: int) -> list[pb.WatchResponse]:
+def _watch(stub: Stub, request: pb.WatchRequest, count: int) -> list[pb.WatchResponse]:
     """The first ``count`` messages of a Watch other than Progress heartbeats."""
-    stream = stub.Watch(request, timeout=15)  # type: ignore[attr-defined]
+    stream = stub.Watch(request, timeout=15)
     got: list[pb.WatchResponse] = []
     try:
         for message in stream:
