@@ -61,8 +61,6 @@ from bench.peers import (
 from bench.profiling import Profiler, summarize
 from bench.report import Report, Target, pair_cell, percentile, rate_cell, rate_of, ratio
 
-PEERS = ("etcd", "redis")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -697,20 +695,21 @@ class Bench:
         if "load" in self.skip:
             del out.rows[first_load_row:]
         for watchers in [] if "fanout" in self.skip else self.watchers:
-            ce, rg, et = (self.fanout.get((s, watchers)) for s in ("noop", "runguard", "etcd"))
-            p99 = [None if r is None else percentile(r.last_ns, 99) for r in (ce, rg, et)]
-            kib = [None if r is None else r.kib_per_watcher for r in (ce, rg, et)]
+            (noop_fan, runguard_fan, etcd_fan), p99, kib = self._fanout_at(watchers)
             out.row(
                 f"fan-out to {watchers:,}: release -> last watcher, p50 / p99 ms",
-                ceiling=pair_cell(ce.last_ns if ce else None),
-                runguard=pair_cell(rg.last_ns if rg else None),
-                etcd=pair_cell(et.last_ns if et else None)
+                ceiling=pair_cell(noop_fan.last_ns if noop_fan else None),
+                runguard=pair_cell(runguard_fan.last_ns if runguard_fan else None),
+                etcd=pair_cell(etcd_fan.last_ns if etcd_fan else None)
                 if self._peer("etcd")
                 else self._peer_cell("etcd", None),
                 vs_ceiling=ratio(p99[1], p99[0]),
                 vs_etcd=ratio(p99[1], p99[2]),
             )
-            us = [None if r is None else r.cpu_us_per_delivery for r in (ce, rg, et)]
+            us = [
+                None if r is None else r.cpu_us_per_delivery
+                for r in (noop_fan, runguard_fan, etcd_fan)
+            ]
             out.row(
                 "  server CPU per change per watcher, us",
                 ceiling=report.us_text(us[0]),
@@ -756,6 +755,16 @@ class Bench:
                 out.notes.extend(f"  {line}" for line in summarize(path))
         return out
 
+    def _fanout_at(
+        self, watchers: int
+    ) -> tuple[list[FanoutResult | None], list[float | None], list[float | None]]:
+        """The ceiling's, RunGuard's and etcd's fan-out to ``watchers``: the results, the
+        p99 of release -> last watcher and the memory per watcher (None where one did not run)."""
+        results = [self.fanout.get((s, watchers)) for s in ("noop", "runguard", "etcd")]
+        p99 = [None if r is None else percentile(r.last_ns, 99) for r in results]
+        kib = [None if r is None else r.kib_per_watcher for r in results]
+        return results, p99, kib
+
     def _targets(self) -> list[tuple[str, list[Target]]]:
         """Issue 12's targets (met / not met), the new rows' ratios (info), issue 4's."""
         a, n, runs = self.args, self.args.in_flight, self.load
@@ -788,9 +797,7 @@ class Bench:
         halfn = None if noopn is None else noopn / 2
         etc_ = rate("etcd-contended")
         biggest = max(self.watchers)
-        ce, rg, et = (self.fanout.get((s, biggest)) for s in ("noop", "runguard", "etcd"))
-        p99 = [None if r is None else percentile(r.last_ns, 99) for r in (ce, rg, et)]
-        kib = [None if r is None else r.kib_per_watcher for r in (ce, rg, et)]
+        (ce, rg, _), p99, kib = self._fanout_at(biggest)
         size = "" if biggest >= 10_000 else f"at {biggest:,} watchers, not the issue's 10,000"
         fan_gone = (
             ""

@@ -33,11 +33,12 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 import grpc
 
+from bench.children import await_reports, reap
 from bench.peers import cpu_seconds, rss_kib
 from bench.server import BROADCAST_METHOD, HOLD_METHOD, READY
 
@@ -123,9 +124,9 @@ class _Tally:
 
 async def _runguard_watcher(channel: grpc.aio.Channel, guard: str, tally: _Tally) -> None:
     from runguard.v1 import runguard_pb2 as pb
-    from runguard.v1 import runguard_pb2_grpc
+    from tests.stubs import async_stub
 
-    stub: Any = runguard_pb2_grpc.RunGuardServiceStub(channel)  # type: ignore[no-untyped-call]
+    stub = async_stub(channel)
     call = stub.Watch(pb.WatchRequest(guards=[guard]))
     try:
         async for message in call:
@@ -167,7 +168,9 @@ async def _etcd_watcher(channel: grpc.aio.Channel, key: str, tally: _Tally) -> N
 
 
 async def _noop_watcher(channel: grpc.aio.Channel, tag: str, tally: _Tally) -> None:
-    call = channel.unary_stream(HOLD_METHOD)(b"")
+    call = channel.unary_stream(HOLD_METHOD, request_serializer=None, response_deserializer=None)(
+        b""
+    )
     try:
         async for message in call:
             if message == READY:
@@ -229,11 +232,12 @@ def _child(spec: FanoutSpec, watchers: int, conn: Connection) -> None:
 
 class _RunGuardDriver:
     def __init__(self, address: str, guard: str) -> None:
-        from runguard.v1 import runguard_pb2, runguard_pb2_grpc
+        from runguard.v1 import runguard_pb2
+        from tests.stubs import sync_stub
 
         self._pb = runguard_pb2
         self._channel = grpc.insecure_channel(address)
-        self._stub: Any = runguard_pb2_grpc.RunGuardServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = sync_stub(self._channel)
         self._guard = guard
         self._grant: Any = None
 
@@ -290,7 +294,9 @@ class _NoopDriver:
 
     def __init__(self, address: str, tag: str) -> None:
         self._channel = grpc.insecure_channel(address)
-        self._broadcast = self._channel.unary_unary(BROADCAST_METHOD)
+        self._broadcast = self._channel.unary_unary(
+            BROADCAST_METHOD, request_serializer=None, response_deserializer=None
+        )
 
     def _send(self, kind: str, round_: int) -> None:
         self._broadcast(f"{kind}-{round_} ".encode().ljust(170, b"."), timeout=ROUND_TIMEOUT)
@@ -306,33 +312,6 @@ class _NoopDriver:
 
 
 _DRIVERS = {"runguard": _RunGuardDriver, "etcd": _EtcdDriver, "noop": _NoopDriver}
-
-
-def _await_all(
-    conns: list[Connection], processes: list[Any], expect: tuple[Any, ...], timeout: float
-) -> list[Any]:
-    """One message per process that starts with ``expect``; an error or a death fails."""
-    deadline = time.monotonic() + timeout
-    got: dict[int, Any] = {}
-    while len(got) < len(conns):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"watcher processes did not report {expect} in {timeout:.0f}s")
-        waiting = [c for i, c in enumerate(conns) if i not in got]
-        sentinels = [p.sentinel for i, p in enumerate(processes) if i not in got]
-        for ready in wait(waiting + sentinels, remaining):
-            if isinstance(ready, int):
-                index = [p.sentinel for p in processes].index(ready)
-                if index not in got and not conns[index].poll():
-                    raise RuntimeError(f"watcher process {index} died before reporting {expect}")
-                continue
-            message = ready.recv()  # type: ignore[union-attr]
-            if message[0] == "error":
-                raise RuntimeError(f"a watcher process failed: {message[1]}")
-            if tuple(message[: len(expect)]) != expect:
-                raise RuntimeError(f"unexpected report {message!r}, waiting for {expect}")
-            got[conns.index(ready)] = message  # type: ignore[arg-type]
-    return [got[i] for i in range(len(conns))]
 
 
 def run_fanout(
@@ -362,7 +341,7 @@ def run_fanout(
     last: list[int] = []
     first: list[int] = []
     try:
-        _await_all(conns, children, ("ready",), 300.0)
+        await_reports(conns, children, ("ready",), 300.0, "watcher")
         open_seconds = time.monotonic() - opened
         deadline = time.monotonic() + spec.budget
         total = spec.warmup_rounds + spec.rounds
@@ -375,10 +354,10 @@ def run_fanout(
             if round_ == spec.warmup_rounds:
                 cpu = -cpu_seconds(spec.pid)
             driver.acquire(round_)
-            _await_all(conns, children, (ACQUIRED, round_), ROUND_TIMEOUT)
+            await_reports(conns, children, (ACQUIRED, round_), ROUND_TIMEOUT, "watcher")
             released = time.monotonic_ns()
             driver.release(round_)
-            reports = _await_all(conns, children, (RELEASED, round_), ROUND_TIMEOUT)
+            reports = await_reports(conns, children, (RELEASED, round_), ROUND_TIMEOUT, "watcher")
             if round_ >= spec.warmup_rounds:
                 last.append(max(r[3] for r in reports) - released)
                 first.append(min(r[2] for r in reports) - released)
@@ -390,10 +369,7 @@ def run_fanout(
     finally:
         for conn in conns:
             conn.send(("stop",))
-        for process in children:
-            process.join(30)
-            if process.is_alive():
-                process.kill()
+        reap(children, 30)
         driver.close()
     return FanoutResult(
         spec=spec,

@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from tests.history import Duplicate, Grant, check
+from tests.history_calls import begin_answer, duplicate, end_grant
+from tests.integration.support import seconds as duration
+from tests.integration.support import value
+from tests.stubs import async_stub
 
 __all__ = ["CAPACITIES", "DEDUP_WINDOW", "HistoryResult", "run_history"]
 
@@ -79,18 +82,6 @@ class HistoryResult:
         )
 
 
-def _duration(amount: float) -> duration_pb2.Duration:
-    message = duration_pb2.Duration()
-    message.FromNanoseconds(round(amount * 1e9))
-    return message
-
-
-def _payload(data: Any) -> struct_pb2.Value:
-    message = struct_pb2.Value()
-    json_format.ParseDict(data, message)
-    return message
-
-
 async def _client(
     stub: Any, pb: Any, name: str, guard: str, until: float, result: HistoryResult, seed: int
 ) -> None:
@@ -103,56 +94,39 @@ async def _client(
         payload = last_payload if rng.random() < REPEAT else {"c": name, "n": n}
         last_payload = payload
         request = pb.BeginRequest(guard=guard, operation_id=op, route="/bench")
-        request.payload.CopyFrom(_payload(payload))
-        request.ttl.CopyFrom(_duration(TTL))
+        request.payload.CopyFrom(value(payload))
+        request.ttl.CopyFrom(duration(TTL))
         if rng.random() < 0.5:
-            request.wait.CopyFrom(_duration(2.0))
+            request.wait.CopyFrom(duration(2.0))
         sent = time.time()
-        try:
-            reply = await stub.Begin(request, timeout=15)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                result.errors.append(f"Begin {error.code().name}: {error.details()}")
+        reply = await begin_answer(stub, request, result.errors)
+        if reply is None:
             result.unavailable += 1
             await asyncio.sleep(0.05)
             continue
         answered = time.time()
         if reply.WhichOneof("outcome") == "granted":
             granted = reply.granted
-            expires = granted.run.expires_at.ToNanoseconds() / 1e9
-            token = granted.run.fencing_token
             await asyncio.sleep(rng.uniform(0.0, 0.01))
             if rng.random() < ABANDON:
                 result.expired += 1
-                result.grants.append(Grant(guard, op, token, answered, expires))
+                expires = granted.run.expires_at.ToNanoseconds() / 1e9
+                result.grants.append(Grant(guard, op, granted.run.fencing_token, answered, expires))
                 continue
-            released = time.time()
-            end = pb.EndRequest(
-                guard=guard, operation_id=granted.run.operation_id, lease_token=granted.lease_token
-            )
-            try:
-                ended = await stub.End(end, timeout=15)
-                if ended.result == pb.END_RESULT_ALREADY_ENDED:
-                    released = min(released, expires)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    result.errors.append(f"End {error.code().name}: {error.details()}")
-                released = expires  # unknown: it held at most until its lease ended
-            result.grants.append(Grant(guard, op, token, answered, released))
+            result.grants.append(await end_grant(stub, granted, answered, result.errors))
         elif reply.rejected.reason == pb.REJECTION_REASON_DUPLICATE:
-            started = reply.rejected.duplicate_of.started_at.ToNanoseconds() / 1e9
-            result.duplicates.append(Duplicate(guard, sent, answered, started))
+            result.duplicates.append(duplicate(reply, guard, sent, answered))
         else:
             result.rejected += 1
             await asyncio.sleep(0.005)
 
 
 async def _run(addresses: list[str], clients: int, seconds: float, result: HistoryResult) -> None:
-    from runguard.v1 import runguard_pb2, runguard_pb2_grpc
+    from runguard.v1 import runguard_pb2
 
     channels = [grpc.aio.insecure_channel(a) for a in addresses]
     try:
-        stubs = [runguard_pb2_grpc.RunGuardServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
+        stubs = [async_stub(c) for c in channels]
         guards = list(CAPACITIES)
         until = time.time() + seconds
         await asyncio.gather(

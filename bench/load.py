@@ -29,9 +29,10 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
+from bench.children import await_reports, reap
 from bench.peers import cpu_seconds
 from bench.systems import make_system
 
@@ -143,31 +144,6 @@ def _child(spec: LoadSpec, workers: list[int], conn: Connection) -> None:
         raise
 
 
-def _recv_all(
-    conns: list[Connection], processes: list[Any], kind: str, timeout: float
-) -> list[tuple[Any, ...]]:
-    """One report per client process; fails fast when one dies or reports an error."""
-    deadline = time.monotonic() + timeout
-    got: dict[int, tuple[Any, ...]] = {}
-    while len(got) < len(conns):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"client processes did not report {kind!r} in {timeout}s")
-        waiting = [c for i, c in enumerate(conns) if i not in got]
-        sentinels = [p.sentinel for i, p in enumerate(processes) if i not in got]
-        for ready in wait(waiting + sentinels, remaining):
-            if isinstance(ready, int):
-                index = [p.sentinel for p in processes].index(ready)
-                if index not in got and not conns[index].poll():
-                    raise RuntimeError(f"client process {index} died before reporting {kind!r}")
-                continue
-            message = ready.recv()  # type: ignore[union-attr]
-            if message[0] == "error":
-                raise RuntimeError(f"a client process failed: {message[1]}")
-            got[conns.index(ready)] = message  # type: ignore[arg-type]
-    return [got[i] for i in range(len(conns))]
-
-
 def run_load(
     spec: LoadSpec, hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
 ) -> LoadResult:
@@ -186,7 +162,7 @@ def run_load(
         process.start()
     conns = [parent for parent, _ in pipes]
     try:
-        _recv_all(conns, children, "ready", 120.0)
+        await_reports(conns, children, ("ready",), 120.0, "client")
         start = time.monotonic_ns() + int(START_DELAY * 1e9)
         for conn in conns:
             conn.send(("go", start))
@@ -196,20 +172,22 @@ def run_load(
         pids = () if spec.pid is None else (spec.pid, *spec.more_pids)
         cpu = _cpu_in_window(pids, measure, measure + int(spec.duration * 1e9))
         try:
-            reports = _recv_all(
-                conns, children, "done", START_DELAY + spec.warmup + spec.duration + 120.0
+            reports = await_reports(
+                conns,
+                children,
+                ("done",),
+                START_DELAY + spec.warmup + spec.duration + 120.0,
+                "client",
             )
         finally:
             if hooks is not None:
                 hooks[1]()
     finally:
-        for process in children:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
+        reap(children, 10)
     cycles = sum(r[1]["cycles"] for r in reports)
     cycle_ns = [x for r in reports for x in r[1]["cycle_ns"]]
-    handoff, out_of_order = [], 0
+    handoff: list[int] = []
+    out_of_order = 0
     if spec.contended:
         handoff, out_of_order = _handoffs(reports)
     return LoadResult(

@@ -80,7 +80,7 @@ class _Ceilings:
         async for _ in requests:
             await context.write(b"")
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler[bytes, bytes]:
         """The four methods: raw bytes in and out (no (de)serialisation)."""
         return grpc.method_handlers_generic_handler(
             BENCH_SERVICE,

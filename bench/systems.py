@@ -75,7 +75,9 @@ class Noop:
 
     async def open(self) -> None:
         self._channel = grpc.aio.insecure_channel(self._address)
-        self._call = self._channel.unary_unary(NOOP_METHOD)
+        self._call = self._channel.unary_unary(
+            NOOP_METHOD, request_serializer=None, response_deserializer=None
+        )
 
     async def acquire(self, worker: int, n: int) -> Any:
         await self._call(b"", timeout=CALL_TIMEOUT)
@@ -102,7 +104,9 @@ class Stream:
         self._channel = grpc.aio.insecure_channel(self._address)
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._call = self._channel.stream_stream(EXCHANGE_METHOD)(self._requests())
+        self._call = self._channel.stream_stream(
+            EXCHANGE_METHOD, request_serializer=None, response_deserializer=None
+        )(self._requests())
         self._reader = asyncio.create_task(self._read())
 
     async def _requests(self) -> AsyncIterator[bytes]:
@@ -140,10 +144,9 @@ class RunGuard:
     """Begin (granted) and End on the generated stub."""
 
     def __init__(self, address: str, workers: list[int], tag: str, contended: bool) -> None:
-        from runguard.v1 import runguard_pb2, runguard_pb2_grpc
+        from runguard.v1 import runguard_pb2
 
         self._pb = runguard_pb2
-        self._grpc = runguard_pb2_grpc
         self._address = address
         self._tag = tag
         self._contended = contended
@@ -153,7 +156,9 @@ class RunGuard:
 
     async def open(self) -> None:
         self._channel = grpc.aio.insecure_channel(self._address)
-        self._stub: Any = self._grpc.RunGuardServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        from tests.stubs import async_stub
+
+        self._stub = async_stub(self._channel)
 
     def _guard(self, worker: int) -> str:
         return f"{self._tag}-contended" if self._contended else f"{self._tag}-{worker}"

@@ -17,9 +17,8 @@ import pytest
 
 from runguard.server.app import RunGuardServer
 from runguard.server.config import ServerConfig
-from runguard.v1 import runguard_pb2_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.certs import Pki, make_pki
+from tests.stubs import AsyncStub, async_stub
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +29,13 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server certificate for localhost and client certificates, made once a session
+    (EC P-256, with ``cryptography``)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 @dataclass
 class Running:
     """An in-process server and a channel to it."""
@@ -37,7 +43,7 @@ class Running:
     server: RunGuardServer
     address: str
     channel: grpc.aio.Channel
-    stub: Any  # runguard_pb2_grpc.RunGuardServiceStub (generated, untyped)
+    stub: AsyncStub
 
 
 @pytest.fixture
@@ -51,13 +57,13 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         port = await server.start()
         address = f"127.0.0.1:{port}"
         channel = grpc.aio.insecure_channel(address)
-        running = Running(server, address, channel, runguard_pb2_grpc.RunGuardServiceStub(channel))
+        running = Running(server, address, channel, async_stub(channel))
         started.append(running)
         return running
 
     yield start
     for running in started:
-        await running.channel.close()
+        await running.channel.close(None)
         await running.server.stop(grace=0.1)
 
 
@@ -68,6 +74,18 @@ async def running(start_server: Callable[..., Any]) -> Running:
     return result
 
 
+def stop_process(process: subprocess.Popen[str], grace: float = 10) -> None:
+    """Stop a server process as a supervisor would: SIGTERM, ``grace`` seconds, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Served:
     """A ``runguard serve`` process and the address it listens on."""
@@ -75,6 +93,22 @@ class Served:
     process: subprocess.Popen[str]
     address: str
     log: Path
+
+    def stop(self, grace: float = 10) -> None:
+        """Terminate the server and reap it; killed if it outlives ``grace`` seconds."""
+        stop_process(self.process, grace)
+
+
+def runguard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``runguard ARGS`` (as ``python -m runguard.server``) to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "runguard.server", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=env,
+    )
 
 
 def serve_process(tmp_path: Path, *args: str) -> Served:
@@ -111,10 +145,4 @@ def served(tmp_path: Path) -> Iterator[Callable[..., Served]]:
 
     yield start
     for item in processes:
-        if item.process.poll() is None:
-            item.process.terminate()
-            try:
-                item.process.wait(10)
-            except subprocess.TimeoutExpired:
-                item.process.kill()
-                item.process.wait()
+        item.stop()

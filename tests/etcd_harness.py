@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import grpc
 from etcd3aio._protobuf import MaintenanceStub, StatusRequest
+
+from tests.ports import is_free
 
 __all__ = ["EtcdCluster", "Member", "etcd_binary", "shared"]
 
@@ -55,21 +56,12 @@ def _with_parent() -> list[str]:
     return [found, "--pdeathsig", "KILL"] if found else []
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _ports(count: int) -> list[int]:
     """``count`` distinct ports in 21000-29999 that are free right now."""
     chosen: list[int] = []
     while len(chosen) < count:
         port = random.randrange(21000, 30000)
-        if port not in chosen and _free(port):
+        if port not in chosen and is_free(port):
             chosen.append(port)
     return chosen
 
@@ -165,7 +157,8 @@ class EtcdCluster:
         """The member's Maintenance.Status reply, or None if it does not answer."""
         with grpc.insecure_channel(member.endpoint) as channel:
             try:
-                return MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
+                reply: object = MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
+                return reply
             except grpc.RpcError:
                 return None
 

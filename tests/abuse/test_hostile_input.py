@@ -17,11 +17,10 @@ import json
 import math
 import secrets
 import struct
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -30,8 +29,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served, serve_process
+from tests.stubs import sync_stub
 
 FAULTS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -118,19 +117,14 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     made = Target(
         server,
         channel,
-        runguard_pb2_grpc.RunGuardServiceStub(channel),
+        sync_stub(channel),
         (("authorization", f"Bearer {admin_token}"),),
     )
     made.hold_anchor()
     yield made
     channel.close()
     alive = server.process.poll() is None
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    server.stop()
     assert alive, "the server died under hostile input"
     lines = [json.loads(line) for line in server.log.read_text().splitlines() if line[:1] == "{"]
     assert not [line for line in lines if line["event"] == "internal_error"]
@@ -548,7 +542,11 @@ def test_hostile_outcomes_progress_and_cancels_change_nothing_they_may_not(
         request = pb.GetRunRequest(guard=guard, operation_id=operation_id)
     elif method == "End":
         request = pb.EndRequest(
-            guard=guard, operation_id=operation_id, lease_token="guessed", outcome=outcome
+            guard=guard,
+            operation_id=operation_id,
+            lease_token="guessed",
+            # An open enum takes any int on the wire; the stubs name only the known values.
+            outcome=cast(pb.RunOutcome, outcome),
         )
         if result is not None:
             request.result.CopyFrom(result)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,10 +20,10 @@ import pytest
 
 from runguard.client import connect_options
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.certs import make_pki
 from tests.conftest import Served, serve_process
 from tests.integration.support import begin_request, end_request
+from tests.stubs import sync_stub
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 """What every HTTP/2 (so gRPC) connection starts with."""
@@ -66,7 +65,7 @@ class Normal:
             if credentials is not None
             else grpc.insecure_channel(address)
         )
-        self.stub = runguard_pb2_grpc.RunGuardServiceStub(self.channel)
+        self.stub = sync_stub(self.channel)
         self.guard = f"t-{uuid.uuid4().hex[:12]}"
         self.watch = self.stub.Watch(pb.WatchRequest(guards=[self.guard]), timeout=120)
         assert next(self.watch).WhichOneof("event") == "snapshot"
@@ -103,12 +102,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             patch.delenv(name, raising=False)
         started = serve_process(tmp_path_factory.mktemp("transport"))
     yield started
-    started.process.terminate()
-    try:
-        started.process.wait(10)
-    except subprocess.TimeoutExpired:
-        started.process.kill()
-        started.process.wait()
+    started.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import asyncio
 import bisect
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 import grpc
@@ -22,9 +22,9 @@ import structlog.testing
 from runguard.server.hub import Hub
 from runguard.server.limits import LABEL_VALUE_MAX_CHARS, LABELS_MAX
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served
 from tests.integration.support import Stream, begin_request, end_request, queue_reaches
+from tests.stubs import async_stub
 
 BIG = "big"
 """The guard whose messages are made as large as the limits allow."""
@@ -132,9 +132,18 @@ async def produce(stub: Any, readers: Sequence[Stream], cycles: int) -> list[tup
     return produced
 
 
-def errors(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def errors(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     """The error lines among captured log lines."""
     return [entry for entry in logs if entry["log_level"] == "error"]
+
+
+async def read(
+    call: grpc.aio.UnaryStreamCall[pb.WatchRequest, pb.WatchResponse],
+) -> pb.WatchResponse:
+    """The stream's next message (it must not have ended)."""
+    message = await call.read()
+    assert isinstance(message, pb.WatchResponse), f"the stream ended: {message!r}"
+    return message
 
 
 def key(message: pb.WatchResponse) -> ChangeKey:
@@ -186,7 +195,7 @@ async def test_a_watcher_that_never_reads_is_bounded_coalesced_and_holds_nobody_
     hub = running.server.coordinator.hub
     await fill_big(running.stub)
     stalled_channel = grpc.aio.insecure_channel(running.address, options=STALLED_OPTIONS)
-    stalled_stub = runguard_pb2_grpc.RunGuardServiceStub(stalled_channel)
+    stalled_stub = async_stub(stalled_channel)
     # Created and never iterated: the call is sent, nothing is read until the end.
     stalled = stalled_stub.Watch(pb.WatchRequest(guards=[BIG]), timeout=LONG_CALL)
     reader = None
@@ -215,7 +224,7 @@ async def test_a_watcher_that_never_reads_is_bounded_coalesced_and_holds_nobody_
         # (d) Reading at last: what was in flight, then a resynced Snapshot; never a gap.
         received: list[pb.WatchResponse] = []
         for _ in range(len(expected) + 10):
-            received.append(await asyncio.wait_for(stalled.read(), STEP))
+            received.append(await asyncio.wait_for(read(stalled), STEP))
             if position_after(received, expected) == len(expected):
                 break
         assert position_after(received, expected) == len(expected)
@@ -236,7 +245,7 @@ async def test_a_watcher_that_never_reads_is_bounded_coalesced_and_holds_nobody_
         stalled.cancel()
         if reader is not None:
             reader.cancel()
-        await stalled_channel.close()
+        await stalled_channel.close(None)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +260,7 @@ async def test_a_watcher_that_goes_away_while_a_write_to_it_is_held_leaves_quiet
     hub = running.server.coordinator.hub
     await fill_big(running.stub)
     stalled_channel = grpc.aio.insecure_channel(running.address, options=STALLED_OPTIONS)
-    stalled_stub = runguard_pb2_grpc.RunGuardServiceStub(stalled_channel)
+    stalled_stub = async_stub(stalled_channel)
     try:
         with structlog.testing.capture_logs() as logs:
             # A deadline well past the time the cycles below take.
@@ -273,7 +282,7 @@ async def test_a_watcher_that_goes_away_while_a_write_to_it_is_held_leaves_quiet
             stream.cancel()
             await watchers_reach(hub, 0)
     finally:
-        await stalled_channel.close()
+        await stalled_channel.close(None)
     expected = grpc.StatusCode.CANCELLED if how == "cancel" else grpc.StatusCode.DEADLINE_EXCEEDED
     assert code == expected
     assert errors(logs) == []
@@ -378,7 +387,7 @@ async def _next_message(call: Any) -> pb.WatchResponse | grpc.StatusCode:
 
 async def _end_code(call: Any) -> grpc.StatusCode:
     try:
-        while await call.read() is not grpc.aio.EOF:
+        while await call.read() is not grpc.aio.EOF:  # type: ignore[attr-defined]  # not in grpc-stubs
             pass
     except grpc.aio.AioRpcError as error:
         return error.code()
@@ -409,7 +418,7 @@ async def test_two_thousand_watchers_reconnecting_at_once_after_a_restart_all_ge
     channels = [
         grpc.aio.insecure_channel(old.address, options=RECONNECT_OPTIONS) for _ in range(CHANNELS)
     ]
-    stubs = [runguard_pb2_grpc.RunGuardServiceStub(channel) for channel in channels]
+    stubs = [async_stub(channel) for channel in channels]
     calls: list[Any] = []
     try:
         for channel in channels:
@@ -454,7 +463,7 @@ async def test_two_thousand_watchers_reconnecting_at_once_after_a_restart_all_ge
         for call in calls:
             call.cancel()
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
 
 ABANDONED = 300
@@ -567,7 +576,7 @@ async def test_server_memory_stays_flat_across_rounds_of_abandoned_streams(
     round after round."""
     server = served()
     channel = grpc.aio.insecure_channel(server.address)
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+    stub = async_stub(channel)
     sizes: list[int] = []
     try:
         for _ in range(ROUNDS):
@@ -577,10 +586,10 @@ async def test_server_memory_stays_flat_across_rounds_of_abandoned_streams(
             assert set(_codes(codes)) == {"CANCELLED", "DEADLINE_EXCEEDED"}
             # One more stream served start to end: the server has worked through the round.
             probe = stub.Watch(pb.WatchRequest(), timeout=STEP)
-            assert (await probe.read()).WhichOneof("event") == "snapshot"
+            assert (await read(probe)).WhichOneof("event") == "snapshot"
             probe.cancel()
             sizes.append(vm_rss(server.process.pid))
     finally:
-        await channel.close()
+        await channel.close(None)
     growth = sizes[-1] - sizes[1]
     assert growth < RSS_GROWTH_LIMIT, f"RSS per round (MB): {[s >> 20 for s in sizes]}"

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import grpc
-import grpc_testing
+import grpc_testing  # type: ignore[import-untyped]  # ships no types
 import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -134,7 +134,7 @@ def test_payload_and_key_together_are_refused_before_sending(client: Client) -> 
     ],
 )
 def test_a_rejection_raises_run_rejected_with_the_seeds_reason(
-    fake: Any, client: Client, reason: int, name: str
+    fake: Any, client: Client, reason: pb.RejectionReason, name: str
 ) -> None:
     """A rejected Begin raises RunRejected whose reason reads like the seed's."""
     pending = in_background(lambda: client.begin("generate", route="/r"))

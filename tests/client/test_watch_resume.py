@@ -11,6 +11,7 @@ from runguard.client import AsyncClient, Change, Client, Snapshot, WatchEvent
 from runguard.client._shared import WatchCursor
 from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Served
+from tests.runs import run_of
 
 
 def _collect(client: Client, guards: list[str]) -> tuple[list[WatchEvent], Callable[[], None]]:
@@ -95,9 +96,9 @@ async def test_connection_age_cutoffs_lose_and_repeat_nothing(
     changes = [e for e in seen if isinstance(e, Change)]
     assert len(snapshots) == 1, "a resume must replay, not resync"
     assert stream.reconnects >= 2
-    assert [(c.kind, c.run.fencing_token) for c in changes] == [
+    assert [(c.kind, run_of(c).fencing_token) for c in changes] == [
         (kind, token)
-        for token in sorted({c.run.fencing_token for c in changes})
+        for token in sorted({run_of(c).fencing_token for c in changes})
         for kind in ("acquired", "released")
     ]
     assert len(changes) == 2 * cycles
@@ -113,7 +114,7 @@ async def _until(predicate: Callable[[], bool]) -> None:
 
 
 def _change(
-    revision: int, operation_id: str, kind: int = pb.CHANGE_KIND_ACQUIRED
+    revision: int, operation_id: str, kind: pb.ChangeKind = pb.CHANGE_KIND_ACQUIRED
 ) -> pb.WatchResponse:
     return pb.WatchResponse(
         epoch="e",
@@ -135,7 +136,7 @@ def test_cursor_resumes_inside_a_commit_without_repeating() -> None:
         cursor.accept(_change(7, "c")),
     ]
     assert replayed[0] is None
-    assert [e.run.operation_id for e in replayed[1:] if isinstance(e, Change)] == ["b", "c"]
+    assert [run_of(e).operation_id for e in replayed[1:] if isinstance(e, Change)] == ["b", "c"]
     assert cursor.request(["g"]).after_revision == 5
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from runguard.server.core import GuardDoc, begin, end
+from runguard.server.core import Change, GuardDoc, begin, end
 from runguard.server.stores import Batch, Commit, Store, Write
 from runguard.server.stores.base import reclaim_shard
 from tests.contract.test_store_contract import POLICY, T0, acquire, command, next_commit
@@ -151,7 +151,7 @@ async def test_a_batch_of_the_most_guards_with_large_documents_lands(store: Stor
     writes = []
     for guard, current in zip(guards, found, strict=True):
         doc: GuardDoc = current.doc
-        changes = []
+        changes: list[Change] = []
         for n in range(40):
             t = begin(doc, POLICY, command(f"op{n}"), T0)
             doc = end(t.doc, POLICY, f"op{n}", f"tok-op{n}", T0).doc

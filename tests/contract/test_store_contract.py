@@ -25,8 +25,9 @@ from runguard.server.core import (
     keep_alive,
 )
 from runguard.server.errors import VersionConflict
-from runguard.server.stores import Commit, Store
+from runguard.server.stores import Commit, FeedGap, Store
 from tests.contract.conftest import OpenStore, StoreKind
+from tests.runs import run_of
 
 T0 = 1_000.0
 """The time every transition runs at: no lease is ever due."""
@@ -87,12 +88,14 @@ async def cycles(store: Store, guard: str, count: int) -> list[Commit]:
     return commits
 
 
-async def next_commit(feed: AsyncIterator[Commit]) -> Commit:
-    """The feed's next commit, failing the test if none arrives in time."""
-    return await asyncio.wait_for(anext(feed), TIMEOUT)
+async def next_commit(feed: AsyncIterator[Commit | FeedGap]) -> Commit:
+    """The feed's next commit, failing the test if none arrives in time or a gap does."""
+    item = await asyncio.wait_for(anext(feed), TIMEOUT)
+    assert isinstance(item, Commit), f"the feed reported a gap: {item!r}"
+    return item
 
 
-async def drain(feed: AsyncIterator[Commit]) -> list[Commit]:
+async def drain(feed: AsyncIterator[Commit | FeedGap]) -> list[Commit | FeedGap]:
     """Everything the feed yields until it ends."""
     return [commit async for commit in feed]
 
@@ -160,7 +163,7 @@ async def test_commit_returns_the_changes_carrying_its_revision(store: Store) ->
     before = await store.read("g")
     transition = end(before.doc, POLICY, "a", "tok-a", T0)
     commit = await store.commit("g", before.version, transition.doc, transition.changes)
-    assert [(c.kind, c.run.operation_id) for c in commit.changes] == [
+    assert [(c.kind, run_of(c).operation_id) for c in commit.changes] == [
         (ChangeKind.RELEASED, "a"),
         (ChangeKind.ACQUIRED, "b"),
     ]
@@ -207,7 +210,7 @@ async def test_fencing_of_a_new_document_is_above_tokens_handed_out_before_a_res
     old = open_stores(workdir=workdir)
     await acquire(old, "g", "a")
     await release(old, "g", "a")
-    token = (await acquire(old, "g", "b")).changes[0].run.fencing_token
+    token = run_of((await acquire(old, "g", "b")).changes[0]).fencing_token
     await old.close()
     reopened = open_stores(workdir=workdir)
     assert (await reopened.read("g")).doc.next_fencing > token

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.docs.runner import Outcome
+from tests.interop.node_run import CLIENT_STEPS
 
 Outcomes = dict[str, Outcome]
 
@@ -76,14 +77,7 @@ def readme(blocks: Outcomes) -> None:
     assert cli[1].startswith("rejected in_flight: guard 'nightly-report' is at capacity 1")
     assert cli[2:] == ["exit code 75", "ended", "nightly-report: 0/1 held, 0 queued"]
     steps = [json.loads(line)["step"] for line in blocks["node"].stdout.splitlines()]
-    assert steps == [
-        "begin",
-        "second_begin",
-        "watch_snapshot",
-        "end",
-        "watch_released",
-        "end_again",
-    ]
+    assert steps == CLIENT_STEPS
 
 
 def contract(blocks: Outcomes) -> None:

@@ -28,13 +28,14 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.ports import is_free
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_INFO = ("sh", "python")
@@ -112,22 +113,13 @@ def parse(page: Path) -> tuple[list[Block], list[str]]:
     return blocks, problems
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _port_map(blocks: list[Block]) -> dict[str, str]:
     """A free port in 30000-39999 for each documented port the page names (50051 always)."""
     wanted = {"50051"} | {m for b in blocks for m in PORT_WORD.findall(b.code)}
     chosen: dict[str, str] = {}
     while len(chosen) < len(wanted):
         port = str(random.randrange(30000, 40000))
-        if port not in chosen.values() and _free(int(port)):
+        if port not in chosen.values() and is_free(int(port)):
             chosen[sorted(wanted - chosen.keys())[0]] = port
     return chosen
 
@@ -257,8 +249,8 @@ def run_page(page: Path, work: Path, timeout: float = 150.0) -> list[Outcome]:
     statuses: dict[int, int | None] = {}
     results = out / "results"
     for line in results.read_text().splitlines() if results.exists() else []:
-        kind, number, *rest = line.split()
-        statuses[int(number)] = int(rest[0]) if kind == "status" else None
+        kind, index, *rest = line.split()
+        statuses[int(index)] = int(rest[0]) if kind == "status" else None
     outcomes = []
     for number, block in enumerate(blocks):
         if not block.runs:

@@ -118,5 +118,5 @@ def parse_sse(text: str) -> list[dict[str, str]]:
     return events
 
 
-# The certificates and token file of the gRPC security tests, for the same checks over HTTP.
-from tests.security.conftest import pki, tokens  # noqa: E402, F401  # fixtures, used by name
+# The token file of the gRPC security tests, for the same checks over HTTP.
+from tests.security.conftest import tokens  # noqa: E402, F401  # fixtures, used by name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import grpc
 import pytest
@@ -13,19 +14,18 @@ from connectrpc.errors import ConnectError
 from connectrpc.protocol import ProtocolType
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from runguard.server.servicer import SERVICE
 from runguard.v1 import runguard_connect
 from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
 from tests.http.conftest import SERVICE_PATH, base_url, curl, envelope, frames, violations
-from tests.integration.support import begin_request
+from tests.integration.support import bad_request, begin_request
 
 QUICK_START_BEGIN = '{"guard":"generate","route":"/generate","payload":{"prompt":"cats"}}'
 
 
-async def post_json(running: Running, method: str, body: str) -> tuple[int, dict]:
+async def post_json(running: Running, method: str, body: str) -> tuple[int, dict[str, Any]]:
     """POST a Connect unary JSON request with curl; the status and the JSON answer."""
     answer = await curl(
         "-H",
@@ -76,10 +76,7 @@ async def test_bad_request_carries_the_same_field_violations_as_grpc(http: Runni
     json_format.Parse(body, request)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await http.stub.Begin(request)
-    status = rpc_status.from_call(raised.value)
-    assert status is not None
-    grpc_bad = error_details_pb2.BadRequest()
-    status.details[0].Unpack(grpc_bad)
+    grpc_bad = bad_request(raised.value)
 
     code, error = await post_json(http, "Begin", body)
 

@@ -22,12 +22,12 @@ from selenium import webdriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served
 from tests.http.browser import chromium
-from tests.http.test_node_connect import NODE_DIR
 from tests.http.test_security import http_port_of
 from tests.integration.support import begin_request
+from tests.interop.node_run import NODE_DIR
+from tests.stubs import sync_stub
 
 pytestmark = pytest.mark.interop
 
@@ -145,7 +145,7 @@ def test_event_source_snippet_follows_a_guard_from_another_origin(
     port = http_port_of(server)
     (tmp_path / "index.html").write_text(html.replace(ADDRESS, f"127.0.0.1:{port}"))
     browser: webdriver.Chrome = chromium(tmp_path / "profile")
-    stub = runguard_pb2_grpc.RunGuardServiceStub(grpc.insecure_channel(server.address))
+    stub = sync_stub(grpc.insecure_channel(server.address))
     try:
         browser.get(f"{origin}/index.html")
         granted = stub.Begin(begin_request("from-grpc")).granted

@@ -3,24 +3,22 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import google.rpc
 import pytest
 
 from tests.conftest import Served
 from tests.http.test_security import http_port_of
+from tests.interop.node_run import NODE_DIR, run_node
 
 pytestmark = pytest.mark.interop
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE_DIR = ROOT / "tests" / "interop" / "node"
 
 
 def generate_es(out: Path) -> None:
@@ -43,23 +41,6 @@ def node_gen() -> Path:
     out.mkdir()
     generate_es(out)
     return out
-
-
-def run_node(script: Path, *args: str) -> list[dict[str, Any]]:
-    """Run ``node SCRIPT ARGS`` in tests/interop/node to its JSON lines."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not on PATH: install Node.js 20 or newer")
-    done = subprocess.run(
-        [node, str(script), *args],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, f"node failed:\n{done.stdout}\n{done.stderr}"
-    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 @pytest.mark.parametrize("protocol", ["connect-json", "connect-binary", "grpc-web"])

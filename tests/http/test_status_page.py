@@ -17,12 +17,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served, serve_process
 from tests.http.browser import chromium
 from tests.http.test_security import http_port_of
 from tests.integration.support import begin_request
 from tests.security.conftest import Tokens
+from tests.stubs import sync_stub
 
 pytestmark = pytest.mark.interop
 
@@ -58,7 +58,7 @@ def count_event_sources(driver: webdriver.Chrome) -> None:
 
 def stub_of(server: Served) -> Any:
     """A native gRPC stub to the server (the page must see what gRPC clients do)."""
-    return runguard_pb2_grpc.RunGuardServiceStub(grpc.insecure_channel(server.address))
+    return sync_stub(grpc.insecure_channel(server.address))
 
 
 # The page re-renders on every event, so it is read in one script, never through
@@ -157,9 +157,8 @@ def test_page_counts_every_change_across_a_restart(
         assert text_of(browser, "status") == "live"
     finally:
         for served in (first, second):
-            if served is not None and served.process.poll() is None:
-                served.process.terminate()
-                served.process.wait(10)
+            if served is not None:
+                served.stop()
 
 
 def pairs(stub: Any, prefix: str, count: int) -> None:
@@ -203,19 +202,23 @@ def test_page_is_readable_on_a_phone(
     assert json.loads(browser.execute_script("return JSON.stringify(document.title)")) == "RunGuard"
 
 
+def log_in_as_watcher(browser: webdriver.Chrome, server: Served, tokens: Tokens) -> None:
+    """Open the page of a server with tokens, see it ask for one, and give the watcher's."""
+    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
+    until(browser, lambda d: text_of(d, "status") == "needs a token")
+    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    until(browser, lambda d: text_of(d, "status") == "live")
+
+
 def test_page_asks_for_a_token_and_watches_with_the_cookie(
     served: Callable[..., Served], browser: webdriver.Chrome, tokens: Tokens
 ) -> None:
     """Against a server with tokens the page asks for one; a watcher's token is traded for
     the HttpOnly watch cookie, which its EventSource then uses (the script cannot read it)."""
     server = served("--http-listen", "127.0.0.1:0", "--auth-tokens", str(tokens.path))
-    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
-    until(browser, lambda d: text_of(d, "status") == "needs a token")
-
-    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
-    browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    until(browser, lambda d: text_of(d, "status") == "live")
-    runner = runguard_pb2_grpc.RunGuardServiceStub(grpc.insecure_channel(server.address))
+    log_in_as_watcher(browser, server, tokens)
+    runner = sync_stub(grpc.insecure_channel(server.address))
     runner.Begin(begin_request("tokened"), metadata=(("authorization", f"Bearer {tokens.runner}"),))
 
     until(browser, lambda d: holders(d, "generate") == ["tokened"])
@@ -279,12 +282,8 @@ def test_page_says_why_a_cancel_was_refused(
     """With a watcher's token, the Cancel button is refused by the server and the page says
     so; the run is not marked."""
     server = served("--http-listen", "127.0.0.1:0", "--auth-tokens", str(tokens.path))
-    browser.get(f"http://127.0.0.1:{http_port_of(server)}/")
-    until(browser, lambda d: text_of(d, "status") == "needs a token")
-    browser.find_element(By.ID, "token").send_keys(tokens.watcher)
-    browser.find_element(By.CSS_SELECTOR, "#login button").click()
-    until(browser, lambda d: text_of(d, "status") == "live")
-    runner = runguard_pb2_grpc.RunGuardServiceStub(grpc.insecure_channel(server.address))
+    log_in_as_watcher(browser, server, tokens)
+    runner = sync_stub(grpc.insecure_channel(server.address))
     metadata = (("authorization", f"Bearer {tokens.runner}"),)
     runner.Begin(begin_request("theirs", guard="generate"), metadata=metadata)
     until(browser, lambda d: holders(d, "generate") == ["theirs"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.rpc import error_details_pb2, status_pb2
 
+from runguard.contract import DETAILS_KEY
 from runguard.v1 import runguard_pb2 as pb
 
 
@@ -16,6 +18,16 @@ def value(data: Any) -> struct_pb2.Value:
     message = struct_pb2.Value()
     json_format.ParseDict(data, message)
     return message
+
+
+def bad_request(error: grpc.aio.AioRpcError) -> error_details_pb2.BadRequest:
+    """The google.rpc.BadRequest an INVALID_ARGUMENT carries in its status details."""
+    # grpc-stubs give AioRpcError the sync error's trailers; at run time they are aio Metadata.
+    trailers = cast(grpc.aio.Metadata, error.trailing_metadata())
+    status = status_pb2.Status.FromString(cast(bytes, trailers[DETAILS_KEY]))
+    found = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(found)
+    return found
 
 
 def seconds(amount: float) -> duration_pb2.Duration:

@@ -6,18 +6,13 @@ from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from runguard.v1 import runguard_pb2 as pb
-from tests.integration.support import begin_request, seconds, value
+from tests.integration.support import bad_request, begin_request, seconds, value
 
 
 def _violations(error: grpc.aio.AioRpcError) -> list[str]:
-    trailers = dict(error.trailing_metadata() or ())
-    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
-    bad_request = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(bad_request)
-    return [v.field for v in bad_request.field_violations]
+    return [v.field for v in bad_request(error).field_violations]
 
 
 def _with(**changes: Any) -> pb.BeginRequest:

@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.integration.support import begin_request, queue_reaches
+from tests.stubs import async_stub
 
 CLIENTS = 200
 CHANNELS = 8
@@ -23,7 +23,7 @@ async def _race(address: str, guard: str) -> list[pb.BeginResponse]:
         for _ in range(CHANNELS)
     ]
     try:
-        stubs = [runguard_pb2_grpc.RunGuardServiceStub(channel) for channel in channels]
+        stubs = [async_stub(channel) for channel in channels]
         calls = [
             stubs[i % CHANNELS].Begin(begin_request(f"op-{i}", {"client": i}, guard=guard))
             for i in range(CLIENTS)
@@ -31,7 +31,7 @@ async def _race(address: str, guard: str) -> list[pb.BeginResponse]:
         return list(await asyncio.gather(*calls))
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
 
 @pytest.mark.parametrize(

@@ -25,16 +25,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.certs import Pki, make_pki
-from tests.conftest import ROOT, Served
+from tests.certs import Pki
+from tests.conftest import Served
 
+ROOT = Path(__file__).resolve().parents[2]
 DATA = "/var/lib/runguard"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA, a server certificate for localhost and client certificates."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @dataclass(frozen=True)

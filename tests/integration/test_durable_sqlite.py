@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served
 from tests.integration.support import begin_request, end_request
+from tests.stubs import Stub, sync_stub
 
 
 def _kill(server: Served) -> None:
@@ -20,14 +20,13 @@ def _kill(server: Served) -> None:
     server.process.wait(10)
 
 
-def _current(stub: object, guard: str) -> pb.CurrentResponse:
-    reply: pb.CurrentResponse = stub.Current(pb.CurrentRequest(guard=guard))  # type: ignore[attr-defined]
-    return reply
+def _current(stub: Stub, guard: str) -> pb.CurrentResponse:
+    return stub.Current(pb.CurrentRequest(guard=guard))
 
 
-def _watch(stub: object, request: pb.WatchRequest, count: int) -> list[pb.WatchResponse]:
+def _watch(stub: Stub, request: pb.WatchRequest, count: int) -> list[pb.WatchResponse]:
     """The first ``count`` messages of a Watch other than Progress heartbeats."""
-    stream = stub.Watch(request, timeout=15)  # type: ignore[attr-defined]
+    stream = stub.Watch(request, timeout=15)
     got: list[pb.WatchResponse] = []
     try:
         for message in stream:
@@ -48,7 +47,7 @@ def test_holders_leases_dedup_fencing_and_revisions_survive_a_kill(
     url = f"sqlite://{tmp_path / 'state' / 'runguard.db'}"
     first = served("--store", url, "--dedup-window", "60")
     with grpc.insecure_channel(first.address) as channel:
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        stub = sync_stub(channel)
         held = stub.Begin(begin_request("held", {"n": 1}, guard="job")).granted
         short = stub.Begin(begin_request("short", {"n": 2}, guard="lease", ttl=1.0)).granted
         snapshot = _watch(stub, pb.WatchRequest(guards=["job", "lease"]), 1)[0]
@@ -63,7 +62,7 @@ def test_holders_leases_dedup_fencing_and_revisions_survive_a_kill(
 
     second = served("--store", url, "--dedup-window", "60")
     with grpc.insecure_channel(second.address) as channel:
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        stub = sync_stub(channel)
         after = _current(stub, "job")
         assert after.epoch == before.epoch == epoch
         assert after.revision >= before.revision
@@ -104,7 +103,7 @@ def test_a_resume_from_pruned_history_gets_a_resynced_snapshot_after_a_kill(
     url = f"sqlite://{tmp_path / 'runguard.db'}"
     first = served("--store", url, "--history", "2")
     with grpc.insecure_channel(first.address) as channel:
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        stub = sync_stub(channel)
         epoch = _current(stub, "job").epoch
         for n in range(6):
             granted = stub.Begin(begin_request(f"op-{n}", {"n": n}, guard="job")).granted
@@ -113,7 +112,7 @@ def test_a_resume_from_pruned_history_gets_a_resynced_snapshot_after_a_kill(
     _kill(first)
     second = served("--store", url, "--history", "2")
     with grpc.insecure_channel(second.address) as channel:
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        stub = sync_stub(channel)
         old = _watch(stub, pb.WatchRequest(guards=["job"], after_revision=1, epoch=epoch), 1)[0]
         assert old.snapshot.resynced
         assert old.snapshot.revision == last

@@ -17,7 +17,9 @@ from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
 from tests.etcd_harness import EtcdCluster
 from tests.history import Duplicate, Grant, check
+from tests.history_calls import begin_answer, duplicate, end_grant
 from tests.integration.support import begin_request, end_request
+from tests.stubs import AsyncStub
 
 CAPACITY = 2
 WINDOW = 1.0
@@ -41,41 +43,25 @@ class History:
     other: list[str] = field(default_factory=list)
 
 
-async def _client(stub: Any, name: str, until: float, history: History) -> None:
+async def _client(stub: AsyncStub, name: str, until: float, history: History) -> None:
     """Begin, hold briefly, End, again; a payload repeats now and then (so DUPLICATEs happen)."""
     n = 0
     while time.time() < until:
         n += 1
         op = f"{name}-{n}"
         sent = time.time()
-        try:
-            reply = await stub.Begin(
-                begin_request(op, {"c": name, "p": n // 3}, guard="hot", ttl=3.0), timeout=15
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                history.other.append(f"Begin {error.code().name}: {error.details()}")
+        request = begin_request(op, {"c": name, "p": n // 3}, guard="hot", ttl=3.0)
+        reply = await begin_answer(stub, request, history.other)
+        if reply is None:
             history.unavailable.append(sent)
             await asyncio.sleep(0.05)
             continue
         answered = time.time()
         if reply.WhichOneof("outcome") == "granted":
-            granted = reply.granted
-            expires = granted.run.expires_at.ToNanoseconds() / 1e9
             await asyncio.sleep(0.02)
-            released = time.time()
-            try:
-                ended = await stub.End(end_request(granted), timeout=15)
-                if ended.result == pb.END_RESULT_ALREADY_ENDED:
-                    released = min(released, expires)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    history.other.append(f"End {error.code().name}: {error.details()}")
-                released = expires  # unknown: it holds at most until its lease ends
-            history.grants.append(Grant("hot", op, granted.run.fencing_token, answered, released))
+            history.grants.append(await end_grant(stub, reply.granted, answered, history.other))
         elif reply.rejected.reason == pb.REJECTION_REASON_DUPLICATE:
-            started = reply.rejected.duplicate_of.started_at.ToNanoseconds() / 1e9
-            history.duplicates.append(Duplicate("hot", sent, answered, started))
+            history.duplicates.append(duplicate(reply, "hot", sent, answered))
         else:
             await asyncio.sleep(0.01)
 

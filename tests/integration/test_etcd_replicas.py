@@ -14,10 +14,10 @@ import grpc
 import pytest
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests import etcd_harness
 from tests.conftest import Running, Served
 from tests.integration.support import Stream, begin_request, end_request, queue_reaches
+from tests.stubs import sync_stub
 
 
 @pytest.fixture
@@ -135,8 +135,8 @@ def test_a_killed_replicas_runs_keep_their_leases_and_its_waiters_are_dropped(
     a = served("--store", etcd_url)
     b = served("--store", etcd_url)
     with grpc.insecure_channel(a.address) as ca, grpc.insecure_channel(b.address) as cb:
-        stub_a = runguard_pb2_grpc.RunGuardServiceStub(ca)
-        stub_b = runguard_pb2_grpc.RunGuardServiceStub(cb)
+        stub_a = sync_stub(ca)
+        stub_b = sync_stub(cb)
         held = stub_b.Begin(begin_request("held-by-b", {"n": 1}, guard="job")).granted
         outcome: list[object] = []
 
@@ -146,7 +146,7 @@ def test_a_killed_replicas_runs_keep_their_leases_and_its_waiters_are_dropped(
                     stub_b.Begin(begin_request("queued-on-b", {"n": 2}, guard="job", wait=30))
                 )
             except grpc.RpcError as error:
-                outcome.append(error.code())  # type: ignore[attr-defined]
+                outcome.append(error.code())
 
         waiter = threading.Thread(target=queue_on_b)
         waiter.start()

@@ -10,20 +10,22 @@ from typing import Any
 import grpc
 import pytest
 import structlog
-from google.rpc import error_details_pb2, status_pb2
 
 from runguard.v1 import runguard_pb2 as pb
 from tests.conftest import Running
-from tests.integration.support import Stream, begin_request, end_request, queue_reaches, seconds
+from tests.integration.support import (
+    Stream,
+    bad_request,
+    begin_request,
+    end_request,
+    queue_reaches,
+    seconds,
+)
 
 
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """The BadRequest field violations of an INVALID_ARGUMENT, by field."""
-    trailers = dict(error.trailing_metadata() or ())
-    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
-    found = error_details_pb2.BadRequest()
-    status.details[0].Unpack(found)
-    return {v.field: v.description for v in found.field_violations}
+    return {v.field: v.description for v in bad_request(error).field_violations}
 
 
 async def test_raising_capacity_grants_queued_callers_and_watchers_see_it(

@@ -11,18 +11,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 
 from runguard.client import AsyncClient, Client, Unavailable
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served
 from tests.integration.support import begin_request, end_request, queue_reaches
+from tests.stubs import sync_stub
 
 STEP = 30.0
 """Seconds any one step may take before the test fails: generous, never a speed claim."""
@@ -74,9 +73,9 @@ def test_waiters_of_a_dead_server_are_never_promoted(
     caller at once: the dead server's waiters are not in the queue and never granted."""
     url = f"sqlite://{tmp_path / 'runguard.db'}"
     first = served("--store", url)
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(first))
+    stub = sync_stub(channel_to(first))
     held = stub.Begin(begin_request("holder", guard="g"), timeout=STEP).granted
-    waiting: list[Future[Any]] = [
+    waiting: list[grpc.CallFuture[pb.BeginResponse]] = [
         stub.Begin.future(begin_request(f"waiter-{n}", guard="g", wait=60), timeout=STEP * 3)
         for n in range(3)
     ]
@@ -88,7 +87,7 @@ def test_waiters_of_a_dead_server_are_never_promoted(
         assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
     second = served("--store", url)
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(second))
+    stub = sync_stub(channel_to(second))
     state = _state(stub)
     assert [h.operation_id for h in state.holders] == ["holder"]
     assert state.queue_length == 0
@@ -108,7 +107,7 @@ def test_a_waiting_client_begin_survives_a_restart_within_its_wait(
     url = f"sqlite://{tmp_path / 'runguard.db'}"
     first = served("--store", url)
     port = first.address.rpartition(":")[2]
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(first))
+    stub = sync_stub(channel_to(first))
     held = stub.Begin(begin_request("holder", guard="g"), timeout=STEP).granted
     outcome: dict[str, Any] = {}
 
@@ -126,7 +125,7 @@ def test_a_waiting_client_begin_survives_a_restart_within_its_wait(
     _until(lambda: _state(stub).queue_length == 1)
     _stop(first, signal.SIGTERM)
     second = served("--store", url, "--listen", f"127.0.0.1:{port}")
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(second))
+    stub = sync_stub(channel_to(second))
     _until(lambda: _state(stub).queue_length == 1)  # it came back and queued again
     assert stub.End(end_request(held), timeout=STEP).result == pb.END_RESULT_ENDED
     waiter.join(STEP)
@@ -137,10 +136,16 @@ def test_a_waiting_client_begin_survives_a_restart_within_its_wait(
     assert [h.operation_id for h in _state(stub).holders] == ["patient"]
 
 
-class _LoseBeginAnswers(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+if TYPE_CHECKING:  # grpc-stubs make the base generic; at run time it is not subscriptable
+    _Interceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.UnaryUnaryClientInterceptor
+
+
+class _LoseBeginAnswers(_Interceptor):
     """Lets every waiting Begin reach the server, then loses its answer (UNAVAILABLE)."""
 
-    class Lost(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    class Lost(grpc.RpcError, grpc.Call):
         def code(self) -> grpc.StatusCode:
             return grpc.StatusCode.UNAVAILABLE
 
@@ -164,7 +169,7 @@ def test_a_client_that_gives_up_on_a_begin_it_won_ends_that_run(
     """When every answer to a waiting Begin is lost, the client gives up when its wait is
     spent, picks up the grant it may have won (resume_only) and ends it: the slot is free."""
     server = served()
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(server))
+    stub = sync_stub(channel_to(server))
     lossy = grpc.intercept_channel(channel_to(server), _LoseBeginAnswers())
     with Client(server.address, timeout=5, channel=lossy) as client, pytest.raises(Unavailable):
         client.begin("g", payload={"job": 2}, operation_id="unlucky", wait=1.0)
@@ -179,7 +184,7 @@ def test_resume_only_never_grants_or_queues_anew(
     """A resume-only Begin returns the grant its operation_id holds, else NOT_HELD and nothing
     changes (no run, no dedup entry, no guard)."""
     server = served()
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(server))
+    stub = sync_stub(channel_to(server))
     probe = begin_request("ghost", guard="empty")
     probe.resume_only = True
     refused = stub.Begin(probe, timeout=STEP)
@@ -222,7 +227,7 @@ async def test_an_async_client_begin_survives_a_restart_within_its_wait(
     url = f"sqlite://{tmp_path / 'runguard.db'}"
     first = await asyncio.to_thread(served, "--store", url)
     port = first.address.rpartition(":")[2]
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(first))
+    stub = sync_stub(channel_to(first))
     held = stub.Begin(begin_request("holder", guard="g"), timeout=STEP).granted
     async with AsyncClient(first.address, timeout=STEP) as client:
         waiting = asyncio.ensure_future(
@@ -231,7 +236,7 @@ async def test_an_async_client_begin_survives_a_restart_within_its_wait(
         await asyncio.to_thread(_until, lambda: _state(stub).queue_length == 1)
         await asyncio.to_thread(_stop, first, signal.SIGTERM)
         second = await asyncio.to_thread(served, "--store", url, "--listen", f"127.0.0.1:{port}")
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel_to(second))
+        stub = sync_stub(channel_to(second))
         await asyncio.to_thread(_until, lambda: _state(stub).queue_length == 1)
         assert stub.End(end_request(held), timeout=STEP).result == pb.END_RESULT_ENDED
         grant = await asyncio.wait_for(waiting, STEP)

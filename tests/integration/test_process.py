@@ -14,9 +14,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.conftest import Served
 from tests.integration.support import begin_request, end_request
+from tests.stubs import sync_stub
 
 
 def _log_lines(served: Served) -> list[dict[str, Any]]:
@@ -29,7 +29,7 @@ def test_logs_one_json_line_per_outcome_and_never_a_secret(
     """Begin outcomes, Ends and expiries are JSON lines; no lease token or payload."""
     server = served("--dedup-window", "60")
     with grpc.insecure_channel(server.address) as channel:
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        stub = sync_stub(channel)
         granted = stub.Begin(begin_request("op-1", {"secret": "p4yl0ad"})).granted
         stub.Begin(begin_request("op-2", {"other": 1}))
         stub.End(end_request(granted))
@@ -60,7 +60,7 @@ def test_sigterm_drains_watchers_then_exits(served: Callable[..., Served]) -> No
     """On SIGTERM, health turns NOT_SERVING, watchers end UNAVAILABLE, and the process exits 0."""
     server = served("--shutdown-grace", "2")
     channel = grpc.insecure_channel(server.address)
-    stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+    stub = sync_stub(channel)
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == (
         health_pb2.HealthCheckResponse.SERVING

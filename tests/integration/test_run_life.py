@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from runguard.v1 import runguard_pb2 as pb
 from tests.integration.support import (
@@ -302,12 +304,13 @@ async def test_hostile_values_of_new_fields_are_named_and_change_nothing(
 ) -> None:
     """Each bad new field is INVALID_ARGUMENT naming it in BadRequest, and nothing changes."""
     granted = (await running.stub.Begin(begin_request("op-1"))).granted
-    request: Any = {
+    requests: dict[str, Callable[[], Message]] = {
         "End": lambda: end_request(granted),
         "KeepAlive": lambda: keep_alive_request(granted),
         "Cancel": lambda: pb.CancelRequest(guard="generate", operation_id="op-1"),
         "GetRun": lambda: pb.GetRunRequest(guard="generate", operation_id="op-1"),
-    }[method]()
+    }
+    request = requests[method]()
     build(request)
     before = await running.stub.Current(pb.CurrentRequest(guard="generate"))
 

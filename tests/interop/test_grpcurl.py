@@ -8,6 +8,7 @@ names and 64-bit integers as strings, and prints a server stream as a run of JSO
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import select
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,23 @@ class JsonStream:
             if not chunk:
                 raise AssertionError(f"stream ended; got {self.objects}")
             self._text += self._decoder.decode(chunk)
+
+
+@contextlib.contextmanager
+def watching(address: str, guard: str) -> Iterator[JsonStream]:
+    """A grpcurl Watch of ``guard`` printing as it runs; killed and reaped on exit."""
+    process = subprocess.Popen(
+        grpcurl_command(address, f"{SERVICE}/Watch", data={"guards": [guard]}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield JsonStream(process)
+    finally:
+        process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
 
 
 def test_grpcurl_alone_lists_describes_and_health_checks_the_server(
@@ -195,13 +213,7 @@ def test_faults_exit_64_plus_their_status_code(served: Callable[..., Any]) -> No
 def test_watch_streams_snapshot_then_acquired_then_released(served: Callable[..., Any]) -> None:
     """A grpcurl Watch prints a Snapshot, then ACQUIRED and RELEASED (ENDED) for a Begin and End."""
     server = served()
-    process = subprocess.Popen(
-        grpcurl_command(server.address, f"{SERVICE}/Watch", data={"guards": ["w"]}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        stream = JsonStream(process)
+    with watching(server.address, "w") as stream:
         first = stream.next()
         assert first["snapshot"]["guards"] == [
             {"guard": "w", "capacity": 1, "dedupWindow": "5s", "maxQueue": 1000}
@@ -212,11 +224,6 @@ def test_watch_streams_snapshot_then_acquired_then_released(served: Callable[...
         end = {"guard": "w", "operation_id": "op-w", "lease_token": granted["leaseToken"]}
         call(server.address, "End", end)
         second, third = stream.next(), stream.next()
-    finally:
-        process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
 
     acquired, released = second["change"], third["change"]
     assert acquired["kind"] == "CHANGE_KIND_ACQUIRED"
@@ -242,13 +249,7 @@ def test_a_runs_life_in_grpcurl_json(served: Callable[..., Any]) -> None:
     described = grpcurl(server.address, "describe", SERVICE)
     assert "rpc Cancel ( .runguard.v1.CancelRequest )" in described.stdout
     assert "// GetRun shows a live run, or an ended one" in described.stdout
-    process = subprocess.Popen(
-        grpcurl_command(server.address, f"{SERVICE}/Watch", data={"guards": ["life"]}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        stream = JsonStream(process)
+    with watching(server.address, "life") as stream:
         stream.next()  # the snapshot
         submission = {"guard": "life", "operation_id": "op-l", "route": "/r", "payload": {"n": 1}}
         granted = call(server.address, "Begin", submission)["granted"]
@@ -261,11 +262,6 @@ def test_a_runs_life_in_grpcurl_json(served: Callable[..., Any]) -> None:
             server.address, "End", {**held, "outcome": "RUN_OUTCOME_SUCCEEDED", "result": result}
         )
         events = [stream.next()["change"] for _ in range(4)]
-    finally:
-        process.kill()
-        process.wait()
-        assert process.stdout is not None
-        process.stdout.close()
     again = call(server.address, "Begin", {**submission, "operation_id": "op-2"})
     got = call(server.address, "GetRun", {"guard": "life", "operation_id": "op-l"})
     bad = grpcurl(

@@ -6,11 +6,7 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,37 +14,21 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
+from tests.interop.node_run import CLIENT_STEPS, NODE_DIR, node_program, run_node
+from tests.stubs import sync_stub
 
 pytestmark = pytest.mark.interop
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 CLIENT = NODE_DIR / "client.mjs"
 
 
 @pytest.fixture
 def node_client() -> Callable[..., list[dict[str, Any]]]:
     """Runs ``node client.mjs ARGS`` to its JSON lines; fails if Node or its packages are absent."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not on PATH: install Node.js 20 or newer to run the interop tests")
-    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        pytest.fail(
-            "tests/interop/node/node_modules is missing: run scripts/bootstrap "
-            "(it runs `npm ci` in tests/interop/node)"
-        )
+    node_program()
 
     def run(*args: str) -> list[dict[str, Any]]:
-        done = subprocess.run(
-            [node, str(CLIENT), *args],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert done.returncode == 0, f"node client failed:\n{done.stdout}\n{done.stderr}"
-        return [json.loads(line) for line in done.stdout.splitlines()]
+        return run_node(CLIENT, *args, timeout=30)
 
     return run
 
@@ -67,14 +47,7 @@ def test_node_client_runs_begin_reject_watch_end(
     lines = node_client(server.address)
 
     steps = by_step(lines)
-    assert [line["step"] for line in lines] == [
-        "begin",
-        "second_begin",
-        "watch_snapshot",
-        "end",
-        "watch_released",
-        "end_again",
-    ]
+    assert [line["step"] for line in lines] == CLIENT_STEPS
     begin = steps["begin"]
     assert begin["outcome"] == "granted"
     assert begin["has_lease_token"] is True
@@ -112,7 +85,7 @@ def test_equal_json_from_python_and_node_is_one_submission(
     payload = struct_pb2.Value()
     json_format.ParseDict({"a": 1, "b": [1, 2]}, payload)
     with grpc.insecure_channel(server.address) as channel:
-        stub = runguard_pb2_grpc.RunGuardServiceStub(channel)
+        stub = sync_stub(channel)
         begun = stub.Begin(pb.BeginRequest(guard="fp", route=route, payload=payload), timeout=10)
         run = begun.granted.run
         ended = stub.End(

@@ -71,6 +71,7 @@ from runguard.server.errors import (
     RunGuardError,
     RunNotFound,
 )
+from tests.runs import run_of
 
 OPS = ["a", "b", "c", "d", "e", "f"]
 FINGERPRINTS = ["fp-1", "fp-2", "fp-3", "fp-4"]
@@ -758,7 +759,7 @@ class CoreMachine(RuleBasedStateMachine):
         )
         if t is not None and t.outcome is EndResult.ENDED:
             (mine,) = [
-                c.run
+                run_of(c)
                 for c in t.changes
                 if c.kind is ChangeKind.RELEASED and c.reason is not ReleaseReason.EXPIRED
             ]

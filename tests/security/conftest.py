@@ -12,14 +12,8 @@ import grpc
 import pytest
 
 from runguard.client import connect_options
-from runguard.v1 import runguard_pb2_grpc
-from tests.certs import Pki, make_pki
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """Certificates for one test session (EC P-256, made with ``cryptography``)."""
-    return make_pki(tmp_path_factory.mktemp("pki"))
+from tests.conftest import Running
+from tests.stubs import async_stub
 
 
 @dataclass(frozen=True)
@@ -99,15 +93,32 @@ async def callers() -> Any:
             if credentials is not None
             else grpc.aio.insecure_channel(address)
         )
-        caller = Caller(
-            channel, runguard_pb2_grpc.RunGuardServiceStub(channel), settings["metadata"]
-        )
+        caller = Caller(channel, async_stub(channel), settings["metadata"])
         made.append(caller)
         return caller
 
     yield make
     for caller in made:
-        await caller.channel.close()
+        await caller.channel.close(None)
 
 
 MakeCaller = Callable[..., Caller]
+
+
+@pytest.fixture
+async def server(start_server: Callable[..., Any], tokens: Tokens) -> Running:
+    """An in-process server that takes the token file (plaintext, on loopback)."""
+    running: Running = await start_server(auth_tokens=str(tokens.path))
+    return running
+
+
+@pytest.fixture
+def as_(server: Running, callers: MakeCaller, tokens: Tokens) -> Callable[[str], Caller]:
+    """A caller of ``server`` holding the token of one principal: runner, watcher, admin,
+    both, or none (no token at all)."""
+
+    def make(who: str) -> Caller:
+        token = None if who == "none" else getattr(tokens, who)
+        return callers(server.address, token=token)
+
+    return make

@@ -4,30 +4,15 @@ admin; anybody else is PERMISSION_DENIED and changes nothing."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import grpc
 import pytest
 
 from runguard.v1 import runguard_pb2 as pb
-from tests.conftest import Running
 from tests.integration.support import begin_request
-from tests.security.conftest import Caller, MakeCaller, Tokens
+from tests.security.conftest import Caller
 
 CANCEL = pb.CancelRequest(guard="generate", operation_id="op-held", reason="stop")
-
-
-@pytest.fixture
-async def server(start_server: Callable[..., Any], tokens: Tokens) -> Running:
-    """An in-process server that takes the token file (plaintext, on loopback)."""
-    running: Running = await start_server(auth_tokens=str(tokens.path))
-    return running
-
-
-@pytest.fixture
-def as_(server: Running, callers: MakeCaller, tokens: Tokens) -> Callable[[str], Caller]:
-    """A caller holding the token of one principal: runner, watcher, admin or both."""
-    return lambda who: callers(server.address, token=getattr(tokens, who))
 
 
 @pytest.mark.parametrize(

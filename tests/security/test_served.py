@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,11 +18,11 @@ import pytest
 from runguard.client import connect_options, run_guard
 from runguard.server.cli import main
 from runguard.v1 import runguard_pb2 as pb
-from runguard.v1 import runguard_pb2_grpc
 from tests.certs import Pki
-from tests.conftest import Served
+from tests.conftest import Served, runguard
 from tests.integration.support import begin_request
 from tests.security.conftest import Tokens, token_file_text
+from tests.stubs import sync_stub
 
 
 def _events(server: Served, event: str) -> list[dict[str, Any]]:
@@ -46,7 +44,7 @@ def _stub(address: str, token: str) -> tuple[grpc.Channel, Any, tuple[tuple[str,
     channel = grpc.insecure_channel(address)
     return (
         channel,
-        runguard_pb2_grpc.RunGuardServiceStub(channel),
+        sync_stub(channel),
         connect_options(token=token)["metadata"],
     )
 
@@ -104,17 +102,6 @@ def test_insecure_serves_a_network_address_and_warns(served: Callable[..., Serve
     assert "may Begin, End and force-End any run" in warning["detail"]
 
 
-def _runguard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runguard.server", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=env,
-    )
-
-
 def test_client_verbs_and_health_take_tls_files_and_a_token(
     served: Callable[..., Served],
     pki: Pki,
@@ -128,7 +115,7 @@ def test_client_verbs_and_health_take_tls_files_and_a_token(
     )
     tls = ("--cacert", str(pki.ca), "--cert", str(pki.bob.cert), "--cert-key", str(pki.bob.key))
     target = ("--target", server.address)
-    begun = _runguard("begin", "nightly", *target, *tls, "--auth-token", tokens.runner, "--json")
+    begun = runguard("begin", "nightly", *target, *tls, "--auth-token", tokens.runner, "--json")
     assert begun.returncode == 0, begun.stderr
     assert json.loads(begun.stdout)["run"]["principal"] == "worker-7"
     env = {
@@ -138,15 +125,15 @@ def test_client_verbs_and_health_take_tls_files_and_a_token(
         "RUNGUARD_CERT": str(pki.alice.cert),
         "RUNGUARD_KEY": str(pki.alice.key),
     }
-    current = _runguard("current", "nightly", env=env)
+    current = runguard("current", "nightly", env=env)
     assert current.returncode == 0, current.stderr
     assert "by=worker-7" in current.stdout
-    refused = _runguard("begin", "other", env=env)  # alice's certificate: role watch only
+    refused = runguard("begin", "other", env=env)  # alice's certificate: role watch only
     assert refused.returncode == 1
     assert "PermissionDenied" in refused.stderr
-    plain = _runguard("current", "nightly", *target, "--timeout", "2")
+    plain = runguard("current", "nightly", *target, "--timeout", "2")
     assert plain.returncode == 1
-    health = _runguard("health", *target, *tls)
+    health = runguard("health", *target, *tls)
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING")
 
 

@@ -146,4 +146,4 @@ def test_connect_options_refuses_what_cannot_work(arguments: dict[str, str], mes
     """A certificate without its key, a file that is not there, or a token that cannot be
     sent as metadata raise ValueError before any connection."""
     with pytest.raises(ValueError, match=message):
-        connect_options(**arguments)  # type: ignore[arg-type]
+        connect_options(**arguments)

@@ -22,24 +22,6 @@ OK = grpc.StatusCode.OK
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 
 
-@pytest.fixture
-async def server(start_server: Callable[..., Any], tokens: Tokens) -> Running:
-    """An in-process server that takes the token file (plaintext, on loopback)."""
-    running: Running = await start_server(auth_tokens=str(tokens.path))
-    return running
-
-
-@pytest.fixture
-def as_(server: Running, callers: MakeCaller, tokens: Tokens) -> Callable[[str], Caller]:
-    """A caller holding the token of one principal: runner, watcher, admin, both, or none."""
-
-    def make(who: str) -> Caller:
-        token = None if who == "none" else getattr(tokens, who)
-        return callers(server.address, token=token)
-
-    return make
-
-
 async def _code(call: Any) -> grpc.StatusCode:
     try:
         await call

@@ -5,35 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from runguard.client import Client, RetryPolicy, Unavailable, connect_options
 from tests.certs import Pki
-from tests.conftest import Served
+from tests.conftest import Served, runguard
 
 ONCE = RetryPolicy(attempts=1)
 
 
 def _tls_args(pki: Pki) -> tuple[str, ...]:
     return ("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key))
-
-
-def _runguard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runguard.server", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env=env,
-    )
 
 
 def test_python_client_without_tls_at_a_tls_server_is_told_to_pass_the_ca(
@@ -56,11 +42,11 @@ def test_cli_without_tls_at_a_tls_server_is_told_to_pass_cacert(
     with one line that names --cacert; with it they succeed."""
     server = served(*_tls_args(pki))
     for verb in ("current", "health"):
-        done = _runguard(verb, "--target", server.address, "--timeout", "5")
+        done = runguard(verb, "--target", server.address, "--timeout", "5")
         assert done.returncode == 1, done
         assert done.stderr.count("\n") == 1, done.stderr
         assert "give the CA that signed its certificate with --cacert FILE" in done.stderr
-        fixed = _runguard(verb, "--target", server.address, "--cacert", str(pki.ca))
+        fixed = runguard(verb, "--target", server.address, "--cacert", str(pki.ca))
         assert fixed.returncode == 0, fixed.stderr
 
 
@@ -69,7 +55,7 @@ def test_tls_client_at_a_plaintext_server_is_told_to_drop_tls(
 ) -> None:
     """A Client with a CA at a plaintext port is told the server does not serve TLS."""
     server = served()
-    options: dict[str, Any] = connect_options(ca=str(pki.ca))
+    options = connect_options(ca=str(pki.ca))
     client = Client(server.address, retry=ONCE, timeout=5, **options)
     with client, pytest.raises(Unavailable) as caught:
         client.current("g")
@@ -82,7 +68,7 @@ def test_a_waiting_begin_that_gives_up_gets_the_same_hint(
     """A Begin with a wait, retried until its wait is spent, ends with the hint a TLS client
     gets (at an mTLS port without a certificate: give one), not a plaintext client's."""
     server = served(*_tls_args(pki), "--tls-client-ca", str(pki.ca))
-    options: dict[str, Any] = connect_options(ca=str(pki.ca))
+    options = connect_options(ca=str(pki.ca))
     client = Client(server.address, retry=ONCE, timeout=5, **options)
     with client, pytest.raises(Unavailable) as caught:
         client.begin("g", wait=0.5)
@@ -95,7 +81,7 @@ def test_client_without_its_certificate_at_an_mtls_server_is_told_to_pass_one(
 ) -> None:
     """A TLS Client without a certificate at an mTLS port is told to give --cert/--cert-key."""
     server = served(*_tls_args(pki), "--tls-client-ca", str(pki.ca))
-    options: dict[str, Any] = connect_options(ca=str(pki.ca))
+    options = connect_options(ca=str(pki.ca))
     client = Client(server.address, retry=ONCE, timeout=5, **options)
     with client, pytest.raises(Unavailable) as caught:
         client.current("g")
@@ -155,11 +141,11 @@ def test_a_port_in_use_is_one_line_and_nothing_keeps_running(
     if flag == "--metrics-listen":
         args = ["serve", "--listen", "127.0.0.1:0", "--metrics-listen", first.address]
     env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
-    done = _runguard(*args, env=env)
+    done = runguard(*args, env=env)
     what = "serve metrics on" if flag == "--metrics-listen" else "listen on"
     assert (done.returncode, done.stdout) == (1, ""), done
     assert done.stderr == (
         f"runguard: cannot {what} {first.address}: "
         "the port is in use (is another server running on it?)\n"
     )
-    assert _runguard("health", "--target", first.address).returncode == 0
+    assert runguard("health", "--target", first.address).returncode == 0

@@ -30,12 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 patch.delenv(name)
         started = serve_process(tmp_path_factory.mktemp("cli-server"))
     yield started
-    started.process.terminate()
-    try:
-        started.process.wait(10)
-    except subprocess.TimeoutExpired:
-        started.process.kill()
-        started.process.wait()
+    started.stop()
 
 
 @pytest.fixture(scope="module")

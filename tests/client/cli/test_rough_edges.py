@@ -38,10 +38,11 @@ def test_other_unknown_arguments_are_still_named(cli: Cli, guard: str) -> None:
     assert "unrecognized arguments: extra" in done.stderr
 
 
-def _piped_to_a_closed_reader(command: str) -> tuple[str, str]:
-    """What bash prints of ``command | true``: the command's exit status, and stderr."""
+def into_a_closed_pipe(command: list[str]) -> tuple[str, str]:
+    """Run ``command | true`` in bash; what the shell prints of the command's exit status
+    (``status N``), and the command's stderr."""
     done = subprocess.run(
-        ["bash", "-c", f"{command} | true; echo status ${{PIPESTATUS[0]}}"],
+        ["bash", "-c", f"{shlex.join(command)} | true; echo status ${{PIPESTATUS[0]}}"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -53,8 +54,10 @@ def _piped_to_a_closed_reader(command: str) -> tuple[str, str]:
 def test_a_closed_pipe_ends_the_verb_quietly(server: Served, guard: str) -> None:
     """A verb whose reader has gone (``runguard begin ... | head -1``) exits 141, as a shell
     tool ended by SIGPIPE does, without a traceback."""
-    command = shlex.join(runguard_command("begin", server.address, guard))
-    assert _piped_to_a_closed_reader(command) == ("status 141\n", "")
+    assert into_a_closed_pipe(runguard_command("begin", server.address, guard)) == (
+        "status 141\n",
+        "",
+    )
 
 
 def test_version_comes_from_the_package_metadata() -> None:
@@ -95,7 +98,5 @@ def test_refusals_never_double_a_word(cli: Cli, client: Client, guard: str) -> N
 
 def test_a_closed_pipe_ends_health_quietly(server: Served) -> None:
     """``runguard health`` whose reader has gone exits 141 without a traceback too."""
-    command = shlex.join(
-        [sys.executable, "-m", "runguard.server", "health", "--target", server.address]
-    )
-    assert _piped_to_a_closed_reader(command) == ("status 141\n", "")
+    command = [sys.executable, "-m", "runguard.server", "health", "--target", server.address]
+    assert into_a_closed_pipe(command) == ("status 141\n", "")

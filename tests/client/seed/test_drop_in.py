@@ -17,6 +17,7 @@ import pytest
 import runguard.client
 from runguard.client import Client, run_guard
 from runguard.client.run_guard import RunRejected
+from runguard.contract import JSONValue
 from tests.conftest import Served
 
 ROUTE = "/generate-sse"
@@ -252,7 +253,7 @@ def test_different_submissions_have_different_fingerprints(
 
 def test_fingerprint_is_the_canonical_one_the_server_uses() -> None:
     """The drop-in's fingerprint of a JSON payload is the client package's canonical one."""
-    payload = {"prompt": "cats", "sizes": [1, 2.5], "draft": False}
+    payload: JSONValue = {"prompt": "cats", "sizes": [1, 2.5], "draft": False}
     assert run_guard.fingerprint(ROUTE, payload) == runguard.client.fingerprint(ROUTE, payload)
 
 

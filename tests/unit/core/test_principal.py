@@ -20,6 +20,7 @@ from runguard.server.core import (
 from runguard.server.errors import OperationConflict
 from runguard.server.stores import codec_v1
 from runguard.server.stores.codec import decode_change, decode_doc, encode_change, encode_doc
+from tests.runs import run_of
 
 POLICY = GuardPolicy(capacity=1, max_queue=10)
 
@@ -44,7 +45,7 @@ def test_a_grant_and_a_grant_from_the_queue_carry_the_principal() -> None:
     assert isinstance(queued.outcome, Queued)
     assert [w.principal for w in queued.doc.queue] == ["bob"]
     freed = end(queued.doc, POLICY, "a", "token-a", 2.0)
-    assert [(c.kind, c.run.principal) for c in freed.changes] == [
+    assert [(c.kind, run_of(c).principal) for c in freed.changes] == [
         (ChangeKind.RELEASED, "alice"),
         (ChangeKind.ACQUIRED, "bob"),
     ]
@@ -72,7 +73,7 @@ def test_the_principal_survives_the_store_codec_and_old_documents_read_as_anonym
     queued = begin(granted.doc, POLICY, _command("b", "bob", wait=60), 0.0)
     assert decode_doc(encode_doc(queued.doc)) == queued.doc
     change = granted.changes[0]
-    assert decode_change(encode_change(change), 0).run.principal == "alice"
+    assert run_of(decode_change(encode_change(change), 0)).principal == "alice"
     data = json.loads(codec_v1.encode_doc(queued.doc))
     del data["holders"][0]["run"]["who"]
     del data["queue"][0]["who"]

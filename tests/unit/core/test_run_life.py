@@ -28,6 +28,7 @@ from runguard.server.core import (
     settle,
 )
 from runguard.server.errors import NotPermitted, RunNotFound
+from tests.runs import run_of
 
 T0 = 1_000.0
 SEED = GuardPolicy()
@@ -65,7 +66,7 @@ def test_reports_within_the_interval_become_one_later_change_with_the_latest_val
 
     (change,) = shown.changes
     assert change.kind is ChangeKind.PROGRESSED
-    assert change.run.progress == RunProgress(fraction=0.3, at=T0 + 1.5)
+    assert run_of(change).progress == RunProgress(fraction=0.3, at=T0 + 1.5)
     assert shown.doc.holders[0].progress_due is None
 
 
@@ -76,7 +77,7 @@ def test_progress_pending_when_the_run_ends_is_not_shown_after_it() -> None:
     ended = end(doc, SEED, "op-1", "tok-1", T0 + 1.6, outcome=RunOutcome.SUCCEEDED)
 
     (released,) = ended.changes
-    assert released.run.progress == RunProgress(fraction=0.9, at=T0 + 1.5)
+    assert run_of(released).progress == RunProgress(fraction=0.9, at=T0 + 1.5)
     # The only deadline left is the guard's reclaim, a window after the run ended.
     assert next_deadline(ended.doc, SEED) == T0 + 1.6 + SEED.dedup_window
     assert settle(ended.doc, SEED, T0 + 2).changes == ()

@@ -38,6 +38,7 @@ from runguard.server.core import (
     view,
 )
 from runguard.server.errors import LeaseLost, LeaseMismatch, OperationConflict
+from tests.runs import run_of
 
 T0 = 1_000.0
 """A start time whose sums with small floats stay exact."""
@@ -407,7 +408,7 @@ def test_default_ttl_is_the_seed_watchdog() -> None:
 
     t = begin(doc, SEED, cmd("op-2", "fp-b"), T0 + 1800.0)
     assert granted(t).run.operation_id == "op-2"
-    assert [(c.kind, c.run.operation_id, c.reason) for c in t.changes] == [
+    assert [(c.kind, run_of(c).operation_id, c.reason) for c in t.changes] == [
         (ChangeKind.RELEASED, "op-1", ReleaseReason.EXPIRED),
         (ChangeKind.ACQUIRED, "op-2", None),
     ]
@@ -629,7 +630,7 @@ def test_an_expired_lease_hands_the_slot_to_the_queue() -> None:
 
     t = settle(doc, SEED, T0 + 10)
 
-    assert [(c.kind, c.run.operation_id, c.reason) for c in t.changes] == [
+    assert [(c.kind, run_of(c).operation_id, c.reason) for c in t.changes] == [
         (ChangeKind.RELEASED, "op-1", ReleaseReason.EXPIRED),
         (ChangeKind.ACQUIRED, "op-2", None),
     ]
@@ -648,7 +649,7 @@ def test_queue_is_first_in_first_out() -> None:
         t = end(doc, SEED, holder, f"tok-{holder}", T0 + 10 + i)
         doc = t.doc
         [acquired] = [c for c in t.changes if c.kind is ChangeKind.ACQUIRED]
-        holder = acquired.run.operation_id
+        holder = run_of(acquired).operation_id
         order.append(holder)
 
     assert order == ["b", "c", "d"]
@@ -665,13 +666,13 @@ def test_capacity_two_hands_out_two_freed_slots_in_queue_order() -> None:
 
     t = settle(doc, policy, T0 + 10)
 
-    assert [(c.kind, c.run.operation_id) for c in t.changes] == [
+    assert [(c.kind, run_of(c).operation_id) for c in t.changes] == [
         (ChangeKind.RELEASED, "a"),
         (ChangeKind.RELEASED, "b"),
         (ChangeKind.ACQUIRED, "c"),
         (ChangeKind.ACQUIRED, "d"),
     ]
-    assert [c.run.fencing_token for c in t.changes[2:]] == [3, 4]
+    assert [run_of(c).fencing_token for c in t.changes[2:]] == [3, 4]
     assert [w.operation_id for w in t.doc.queue] == ["e"]
 
 
@@ -777,7 +778,7 @@ def test_a_waiter_is_granted_with_its_own_ttl_and_labels() -> None:
 
     t = end(doc, SEED, "a", "tok-a", T0 + 3)
 
-    run = t.changes[-1].run
+    run = run_of(t.changes[-1])
     assert (run.operation_id, run.started_at, run.expires_at, run.labels) == (
         "b",
         T0 + 3,

@@ -16,6 +16,7 @@ from runguard.server.core import (
     settle,
     without_waiters_of,
 )
+from tests.runs import run_of
 
 REPLICAS = ["r1", "r2", "r3"]
 
@@ -82,9 +83,9 @@ def test_waiters_of_gone_replicas_are_never_promoted(
     for n in range(min(freed, capacity)):
         step = end(doc, policy, f"h{n}", f"h{n}", 2.0)
         doc = step.doc
-        granted += [c.run.operation_id for c in step.changes if c.kind is ChangeKind.ACQUIRED]
+        granted += [run_of(c).operation_id for c in step.changes if c.kind is ChangeKind.ACQUIRED]
     # Every lease ends at 10: the rest of the queue is promoted then, still in order.
-    step = settle(doc, policy, 10.0)
-    granted += [c.run.operation_id for c in step.changes if c.kind is ChangeKind.ACQUIRED]
+    settled = settle(doc, policy, 10.0)
+    granted += [run_of(c).operation_id for c in settled.changes if c.kind is ChangeKind.ACQUIRED]
     assert granted == expected[: len(granted)]
-    assert len(step.doc.holders) <= capacity
+    assert len(settled.doc.holders) <= capacity

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -28,6 +29,7 @@ from runguard.server.core import (
     RunOutcome,
     RunProgress,
     Tombstone,
+    Transition,
     Waiter,
     begin,
     cancel,
@@ -169,6 +171,18 @@ OLD_RUN = Run(
     principal="alice",
 )
 
+OLD_WAITER = Waiter(
+    operation_id="b",
+    fingerprint="f2",
+    lease_token="t2",
+    ttl=1800.0,
+    labels=(),
+    enqueued_at=2.25,
+    deadline=32.25,
+    owner="r1",
+)
+"""The queued Begin of OLD_RECORD."""
+
 STORED_FIELDS: dict[type, tuple[str, ...]] = {
     GuardDoc: ("name", "next_fencing", "holders", "queue", "accepted", "tombstones", "settings"),
     Holder: ("run", "lease_token", "ttl", "progress_shown_at", "progress_due"),
@@ -297,18 +311,7 @@ def test_a_record_an_older_server_wrote_reads_as_it_was_written() -> None:
         name="g",
         next_fencing=8,
         holders=(Holder(run=OLD_RUN, lease_token="t1", ttl=1800.0),),
-        queue=(
-            Waiter(
-                operation_id="b",
-                fingerprint="f2",
-                lease_token="t2",
-                ttl=1800.0,
-                labels=(),
-                enqueued_at=2.25,
-                deadline=32.25,
-                owner="r1",
-            ),
-        ),
+        queue=(OLD_WAITER,),
         accepted={"f1": Accepted(run=OLD_RUN, accepted_at=1.5)},
     )
     assert record.changes == (
@@ -333,7 +336,7 @@ def test_documents_made_by_the_core_round_trip() -> None:
     """A guard with a holder, a queue, dedup entries and tombstones survives the codec."""
     policy = GuardPolicy(capacity=1, max_queue=5)
     doc = GuardDoc(name="g", next_fencing=1_700_000_000_000_000)
-    steps = [
+    steps: list[Callable[[GuardDoc], Transition[Any]]] = [
         lambda d: begin(
             d,
             policy,
@@ -371,17 +374,7 @@ def test_documents_made_by_the_core_round_trip() -> None:
 
 def test_a_document_written_before_waiters_had_owners_reads_with_no_owner() -> None:
     """A format-1 queue entry without ``owner`` (an older server's) decodes with owner ""."""
-    waiter = Waiter(
-        operation_id="w",
-        fingerprint="f",
-        lease_token="t",
-        ttl=1.0,
-        labels=(),
-        enqueued_at=1.0,
-        deadline=2.0,
-        owner="r",
-    )
-    data = json.loads(codec_v1.encode_doc(GuardDoc(name="g", next_fencing=1, queue=(waiter,))))
+    data = json.loads(codec_v1.encode_doc(GuardDoc(name="g", next_fencing=1, queue=(OLD_WAITER,))))
     del data["queue"][0]["owner"]
     assert decode_doc(json.dumps(data)).queue[0].owner == ""
 
@@ -395,19 +388,7 @@ def test_a_format_2_value_without_a_later_field_decodes_with_its_default() -> No
         name="g",
         next_fencing=8,
         holders=(Holder(run=run, lease_token="t1", ttl=1800.0),),
-        queue=(
-            Waiter(
-                operation_id="b",
-                fingerprint="f2",
-                lease_token="t2",
-                ttl=1.0,
-                labels=(),
-                enqueued_at=1.0,
-                deadline=2.0,
-                owner="r1",
-                principal="bob",
-            ),
-        ),
+        queue=(dataclasses.replace(OLD_WAITER, principal="bob"),),
         accepted={"f1": Accepted(run=run, accepted_at=1.5, kept_from=9.0)},
         settings=GuardSettings(capacity=3),
     )

@@ -87,7 +87,7 @@ async def test_every_grpc_watcher_of_a_change_is_written_the_same_bytes_object(
     grpc_streams = [Recorder() for _ in range(3)]
     http_stream = Recorder(writes_messages=True)
     contexts = [*grpc_streams, http_stream]
-    tasks = [
+    tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(servicer.Watch(pb.WatchRequest(guards=["g"]), context))  # type: ignore[arg-type]
         for context in contexts
     ]
@@ -151,7 +151,9 @@ async def test_slow_grpc_watcher_is_coalesced_into_a_resynced_snapshot(
             await held.wait()  # flow control: the reader does not read
 
     context.write = held_write  # type: ignore[method-assign]
-    task = asyncio.create_task(servicer.Watch(pb.WatchRequest(guards=["g"]), context))  # type: ignore[arg-type]
+    task: asyncio.Task[None] = asyncio.create_task(
+        servicer.Watch(pb.WatchRequest(guards=["g"]), context)  # type: ignore[arg-type]
+    )
     try:
         await context.until(1)
         ops = [f"op-{i}" for i in range(config.watch_buffer + 2)]

@@ -9,6 +9,7 @@ from runguard.server.coordinator import Coordinator
 from runguard.server.core import BeginCommand, Change, GuardPolicy, begin
 from runguard.server.hub import Snapshot
 from runguard.server.stores import Commit, FeedGap, MemoryStore
+from tests.runs import run_of
 
 
 async def _commit(store: MemoryStore, guard: str, operation_id: str) -> Commit:
@@ -58,5 +59,5 @@ async def test_without_a_gap_the_watcher_gets_each_change(
     await coordinator._follow(feed())
     change = await anext(stream)
     assert isinstance(change, Change)
-    assert change.run.operation_id == "a"
+    assert run_of(change).operation_id == "a"
     await stream.aclose()

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from runguard.contract import DETAILS_KEY
 from runguard.server.errors import (
     FieldViolation,
     InvalidArgument,
@@ -23,7 +24,7 @@ from runguard.server.errors import (
     Unauthenticated,
     VersionConflict,
 )
-from runguard.server.status import CODES, DETAILS_KEY, status_of
+from runguard.server.status import CODES, status_of
 
 EXPECTED: list[tuple[RunGuardError, grpc.StatusCode]] = [
     (InvalidArgument([FieldViolation("guard", "bad")]), grpc.StatusCode.INVALID_ARGUMENT),
