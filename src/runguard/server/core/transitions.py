@@ -23,7 +23,7 @@ full; a DUPLICATE only inside the dedup window.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
@@ -297,6 +297,9 @@ class _Work:
         assert isinstance(self.accepted, dict)
         return self.accepted
 
+    def full(self) -> bool:
+        return len(self.holders) >= self.policy.capacity
+
     def recent(self, fingerprint: str, now: float) -> Accepted | None:
         found = self.accepted.get(fingerprint)
         if found is None or found.accepted_at <= now - self.policy.dedup_window:
@@ -357,6 +360,10 @@ def begin(
 ) -> Transition[Granted | Queued | Rejection]:
     """Ask for a slot: the seed's order of checks, then the queue.
 
+    The guard settles first (the seed's expiry); then each check of ``_BEGIN_CHECKS``
+    in turn may answer, and the first that does decides; a Begin none of them
+    answers joins the queue (the guard is full) or is granted.
+
     A ``resume_only`` command only gets back the grant its operation_id holds
     (rejected NOT_HELD otherwise): it never grants, queues or joins a window.
 
@@ -366,93 +373,120 @@ def begin(
             replay hands out the lease token, so only its own principal gets it).
     """
     work = _Work(doc, policy)
-    policy = work.policy  # the guard's own settings, where it has some
     work.settle(now)
-    held = work.holder(cmd.operation_id)
-    if held is not None:
-        if held.run.fingerprint != cmd.fingerprint:
-            raise OperationConflict(doc.name, cmd.operation_id)
-        if held.run.principal != cmd.principal:
-            raise OperationConflict(doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
-        return work.finish(Granted(held.run, held.lease_token, replayed=True), now)
-    if cmd.resume_only:
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.NOT_HELD,
-                message=f"operation_id={cmd.operation_id} holds no slot of guard {doc.name!r}",
-                holders=tuple(h.run for h in work.holders),
-            ),
-            now,
-        )
-    queued = work.waiter(cmd.operation_id)
-    if queued is not None:
-        if queued.fingerprint != cmd.fingerprint:
-            raise OperationConflict(doc.name, cmd.operation_id)
-        if queued.principal != cmd.principal:
-            raise OperationConflict(doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
-        return work.finish(Queued(queued.operation_id, queued.lease_token, queued.deadline), now)
+    for check in _BEGIN_CHECKS:
+        answer = check(work, cmd, now)
+        if answer is not None:
+            return work.finish(answer, now)
+    return work.finish(_admit(work, cmd, now), now)
 
-    holders = tuple(h.run for h in work.holders)
-    full = len(work.holders) >= policy.capacity
-    if full and cmd.wait <= 0:
-        soonest = min(h.run.expires_at for h in work.holders)
-        names = ", ".join(h.operation_id for h in holders)
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.IN_FLIGHT,
-                message=(
-                    f"guard {doc.name!r} is at capacity {policy.capacity}: held by "
-                    f"operation_id={names}. End it first or wait for it to finish."
-                ),
-                holders=holders,
-                retry_after=max(0.0, soonest - now),
-            ),
-            now,
-        )
+
+_Check = Callable[[_Work, BeginCommand, float], Granted | Queued | Rejection | None]
+"""One of Begin's checks: its answer, or None to let the next check decide."""
+
+
+def _replay(work: _Work, cmd: BeginCommand, now: float) -> Granted | None:
+    """A retried Begin of a run that holds a slot gets its own grant back."""
+    held = work.holder(cmd.operation_id)
+    if held is None:
+        return None
+    _same_submission(work, cmd, held.run.fingerprint, held.run.principal)
+    return Granted(held.run, held.lease_token, replayed=True)
+
+
+def _not_held(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A resume-only Begin that holds no slot is refused NOT_HELD."""
+    if not cmd.resume_only:
+        return None
+    return _reject(
+        work,
+        RejectionReason.NOT_HELD,
+        f"operation_id={cmd.operation_id} holds no slot of guard {work.doc.name!r}",
+    )
+
+
+def _rejoin(work: _Work, cmd: BeginCommand, now: float) -> Queued | None:
+    """A retried Begin of a queued caller keeps its place in the queue."""
+    queued = work.waiter(cmd.operation_id)
+    if queued is None:
+        return None
+    _same_submission(work, cmd, queued.fingerprint, queued.principal)
+    return Queued(queued.operation_id, queued.lease_token, queued.deadline)
+
+
+def _in_flight(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A full guard refuses a caller that does not wait: IN_FLIGHT, with the holders."""
+    if not work.full() or cmd.wait > 0:
+        return None
+    soonest = min(h.run.expires_at for h in work.holders)
+    names = ", ".join(h.run.operation_id for h in work.holders)
+    return _reject(
+        work,
+        RejectionReason.IN_FLIGHT,
+        f"guard {work.doc.name!r} is at capacity {work.policy.capacity}: held by "
+        f"operation_id={names}. End it first or wait for it to finish.",
+        retry_after=max(0.0, soonest - now),
+    )
+
+
+def _duplicate(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A submission accepted inside the dedup window is a DUPLICATE, even if its run ended."""
     earlier = work.recent(cmd.fingerprint, now)
-    if earlier is not None:
-        age = now - earlier.accepted_at
-        first = _latest(work, earlier.run)
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.DUPLICATE,
-                message=(
-                    "an identical submission was accepted "
-                    f"{age:.1f}s ago (operation_id={earlier.run.operation_id}, "
-                    f"{_state_words(first)}). Wait and try again if this was intentional."
-                ),
-                holders=holders,
-                duplicate_of=first,
-                retry_after=max(0.0, earlier.accepted_at + policy.dedup_window - now),
-            ),
-            now,
-        )
+    if earlier is None:
+        return None
+    age = now - earlier.accepted_at
+    first = _latest(work, earlier.run)
+    return _reject(
+        work,
+        RejectionReason.DUPLICATE,
+        "an identical submission was accepted "
+        f"{age:.1f}s ago (operation_id={earlier.run.operation_id}, "
+        f"{_state_words(first)}). Wait and try again if this was intentional.",
+        duplicate_of=first,
+        retry_after=max(0.0, earlier.accepted_at + work.policy.dedup_window - now),
+    )
+
+
+def _queued_twin(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A submission identical to one already queued is a DUPLICATE too."""
     twin = next((w for w in work.queue if w.fingerprint == cmd.fingerprint), None)
-    if twin is not None:
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.DUPLICATE,
-                message=(
-                    f"an identical submission is already queued (operation_id={twin.operation_id})."
-                ),
-                holders=holders,
-            ),
-            now,
-        )
-    ttl = policy.max_ttl if cmd.ttl is None else cmd.ttl
-    if full:
-        if len(work.queue) >= policy.max_queue:
-            return work.finish(
-                Rejection(
-                    reason=RejectionReason.QUEUE_FULL,
-                    message=(
-                        f"guard {doc.name!r} has {len(work.queue)} callers queued, "
-                        f"its limit is {policy.max_queue}"
-                    ),
-                    holders=holders,
-                ),
-                now,
-            )
+    if twin is None:
+        return None
+    return _reject(
+        work,
+        RejectionReason.DUPLICATE,
+        f"an identical submission is already queued (operation_id={twin.operation_id}).",
+    )
+
+
+def _queue_full(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A caller that would wait in a queue at its limit is refused QUEUE_FULL."""
+    if not work.full() or len(work.queue) < work.policy.max_queue:
+        return None
+    return _reject(
+        work,
+        RejectionReason.QUEUE_FULL,
+        f"guard {work.doc.name!r} has {len(work.queue)} callers queued, "
+        f"its limit is {work.policy.max_queue}",
+    )
+
+
+_BEGIN_CHECKS: tuple[_Check, ...] = (
+    _replay,
+    _not_held,
+    _rejoin,
+    _in_flight,
+    _duplicate,
+    _queued_twin,
+    _queue_full,
+)
+"""Begin's checks in the seed's order (its own run first, then in-flight, then duplicate)."""
+
+
+def _admit(work: _Work, cmd: BeginCommand, now: float) -> Granted | Queued:
+    """A Begin every check let through: queued when the guard is full, else granted."""
+    ttl = work.policy.max_ttl if cmd.ttl is None else cmd.ttl
+    if work.full():
         waiter = Waiter(
             operation_id=cmd.operation_id,
             fingerprint=cmd.fingerprint,
@@ -466,7 +500,7 @@ def begin(
         )
         work.queue.append(waiter)
         work.dirty = True
-        return work.finish(Queued(waiter.operation_id, waiter.lease_token, waiter.deadline), now)
+        return Queued(waiter.operation_id, waiter.lease_token, waiter.deadline)
     holder = work.grant(
         operation_id=cmd.operation_id,
         fingerprint=cmd.fingerprint,
@@ -476,7 +510,34 @@ def begin(
         now=now,
         principal=cmd.principal,
     )
-    return work.finish(Granted(holder.run, holder.lease_token), now)
+    return Granted(holder.run, holder.lease_token)
+
+
+def _same_submission(work: _Work, cmd: BeginCommand, fingerprint: str, principal: str) -> None:
+    """A Begin naming a run or waiter of this guard must be the same submission, by the
+    same principal (a replay hands out the lease token)."""
+    if fingerprint != cmd.fingerprint:
+        raise OperationConflict(work.doc.name, cmd.operation_id)
+    if principal != cmd.principal:
+        raise OperationConflict(work.doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
+
+
+def _reject(
+    work: _Work,
+    reason: RejectionReason,
+    message: str,
+    *,
+    duplicate_of: Run | None = None,
+    retry_after: float | None = None,
+) -> Rejection:
+    """A refused Begin, showing the guard's holders as the command left them."""
+    return Rejection(
+        reason=reason,
+        message=message,
+        holders=tuple(h.run for h in work.holders),
+        duplicate_of=duplicate_of,
+        retry_after=retry_after,
+    )
 
 
 def cancel_wait(
@@ -493,10 +554,8 @@ def cancel_wait(
         work.queue.remove(waiter)
         work.dirty = True
     return work.finish(
-        Rejection(
-            reason=RejectionReason.WAIT_TIMEOUT,
-            message=f"no slot of guard {doc.name!r} freed while waiting",
-            holders=tuple(h.run for h in work.holders),
+        _reject(
+            work, RejectionReason.WAIT_TIMEOUT, f"no slot of guard {doc.name!r} freed while waiting"
         ),
         now,
     )
