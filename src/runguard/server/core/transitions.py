@@ -1,15 +1,16 @@
 """Every transition of a guard, in one place.
 
 Each public function takes the guard's current document, its policy, a
-command and ``now``, and returns a :class:`Transition`: the new document, the
-outcome, and the slot changes in the order they happened. Every command first
-*settles* the guard, in the seed's order: leases that are due expire, waiters
-whose wait is over leave the queue, and freed slots go to the queue in arrival
-order. A transition that raises changed nothing.
+command and ``now``, and returns a :class:`~runguard.server.core.work.Transition`:
+the new document, the outcome, and the slot changes in the order they happened.
+Every command first *settles* the guard, in the seed's order: leases that are
+due expire, waiters whose wait is over leave the queue, and freed slots go to
+the queue in arrival order (the mechanics every command shares are in
+``work``). A transition that raises changed nothing.
 
 ``policy`` is the policy of a guard without settings of its own (the store-wide
 defaults and the server's lease limit); a document's own ``settings`` take its
-place (:func:`policy_of`).
+place (``work.policy_of``).
 
 A guard with no holders, no queue, no dedup entry inside its window and no
 settings of its own is *reclaimed*: the transition that leaves it so says
@@ -23,9 +24,9 @@ full; a DUPLICATE only inside the dedup window.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import TypeVar, cast
 
 from runguard.server.core.model import (
     Accepted,
@@ -34,13 +35,11 @@ from runguard.server.core.model import (
     CancelResult,
     Change,
     ChangeKind,
-    Ending,
     EndResult,
     GuardDoc,
     GuardPolicy,
     GuardSettings,
     GuardView,
-    Holder,
     Rejection,
     RejectionReason,
     ReleaseReason,
@@ -50,6 +49,7 @@ from runguard.server.core.model import (
     Tombstone,
     Waiter,
 )
+from runguard.server.core.work import Transition, Work, kept_since, known_end, policy_of
 from runguard.server.errors import (
     LeaseLost,
     LeaseMismatch,
@@ -62,7 +62,6 @@ __all__ = [
     "PROGRESS_INTERVAL",
     "Granted",
     "Queued",
-    "Transition",
     "begin",
     "cancel",
     "cancel_wait",
@@ -70,16 +69,11 @@ __all__ = [
     "end",
     "find_run",
     "keep_alive",
-    "kept_since",
     "next_deadline",
-    "policy_of",
     "settle",
     "view",
     "without_waiters_of",
 ]
-
-TOMBSTONES_KEPT = 64
-"""How many ended runs a guard remembers to explain a lost lease."""
 
 PROGRESS_INTERVAL = 1.0
 """Seconds between two PROGRESSED changes of one run: reports in between update the
@@ -109,248 +103,14 @@ class Queued:
     deadline: float
 
 
-@dataclass(frozen=True, slots=True)
-class Transition(Generic[T]):
-    """The result of a command: commit ``doc`` only when ``dirty``.
-
-    ``reclaim``: the guard is left with nothing to keep; the store deletes it
-    instead of writing ``doc`` (and a guard never written is not written).
-    """
-
-    doc: GuardDoc
-    outcome: T
-    changes: tuple[Change, ...]
-    dirty: bool
-    reclaim: bool = False
-
-
-def kept_since(entry: Accepted) -> float:
-    """When a dedup entry's keeping is measured from: when its run's end was recorded, else
-    its acceptance. A DUPLICATE is measured from the acceptance alone (the seed's window);
-    an ended run stays known (GetRun, a DUPLICATE's duplicate_of, a late End) for a window
-    after it ended, however long it ran."""
-    return max(entry.accepted_at, entry.kept_from)
-
-
-def policy_of(doc: GuardDoc, policy: GuardPolicy) -> GuardPolicy:
-    """The policy ``doc`` is run by: its own settings when it has some, else ``policy``."""
-    return policy.with_settings(doc.settings)
-
-
-class _Work:
-    """A guard document being changed by one command."""
-
-    def __init__(self, doc: GuardDoc, policy: GuardPolicy) -> None:
-        self.doc = doc
-        self.settings = doc.settings
-        self.policy = policy_of(doc, policy)
-        self.holders = list(doc.holders)
-        self.queue = list(doc.queue)
-        self.accepted: Mapping[str, Accepted] = doc.accepted
-        self._accepted_copied = False
-        self.tombstones = list(doc.tombstones)
-        self.next_fencing = doc.next_fencing
-        self.changes: list[Change] = []
-        self.dirty = False
-        self.now = 0.0
-        """The command's time (set by ``settle``, which every command runs first)."""
-
-    def view(self) -> GuardView:
-        return GuardView(
-            guard=self.doc.name,
-            capacity=self.policy.capacity,
-            holders=tuple(h.run for h in self.holders),
-            queue_length=len(self.queue),
-            dedup_window=self.policy.dedup_window,
-            max_queue=self.policy.max_queue,
-            configured=self.settings is not None,
-        )
-
-    def holder(self, operation_id: str) -> Holder | None:
-        return next((h for h in self.holders if h.run.operation_id == operation_id), None)
-
-    def waiter(self, operation_id: str) -> Waiter | None:
-        return next((w for w in self.queue if w.operation_id == operation_id), None)
-
-    def grant(
-        self,
-        *,
-        operation_id: str,
-        fingerprint: str,
-        lease_token: str,
-        ttl: float,
-        labels: tuple[tuple[str, str], ...],
-        now: float,
-        principal: str = "",
-    ) -> Holder:
-        run = Run(
-            guard=self.doc.name,
-            operation_id=operation_id,
-            fingerprint=fingerprint,
-            fencing_token=self.next_fencing,
-            started_at=now,
-            expires_at=now + ttl,
-            labels=labels,
-            principal=principal,
-        )
-        self.next_fencing += 1
-        holder = Holder(run=run, lease_token=lease_token, ttl=ttl)
-        self.holders.append(holder)
-        # Re-inserted last, so the mapping stays in order of acceptance.
-        accepted = self._own_accepted()
-        accepted.pop(fingerprint, None)
-        accepted[fingerprint] = Accepted(run=run, accepted_at=now)
-        self.dirty = True
-        self.changes.append(Change(kind=ChangeKind.ACQUIRED, run=run, state=self.view()))
-        return holder
-
-    def release(
-        self,
-        holder: Holder,
-        reason: ReleaseReason,
-        now: float,
-        outcome: RunOutcome | None = None,
-        result: str = "",
-    ) -> Run:
-        self.holders.remove(holder)
-        self.tombstones.append(
-            Tombstone(operation_id=holder.run.operation_id, reason=reason, at=now)
-        )
-        del self.tombstones[:-TOMBSTONES_KEPT]
-        ended = dataclasses.replace(
-            holder.run, ending=Ending(reason=reason, at=now, outcome=outcome, result=result)
-        )
-        self._keep_ended(ended, now)
-        self.dirty = True
-        self.changes.append(
-            Change(kind=ChangeKind.RELEASED, run=ended, state=self.view(), reason=reason)
-        )
-        return ended
-
-    def _keep_ended(self, ended: Run, now: float) -> None:
-        """The run's dedup entry now shows how it ended, and is kept for a window from now.
-
-        A run that outlived its window had its entry dropped: it gets one again (accepted
-        at its start, so it makes no DUPLICATE). An entry of a later run of the same
-        submission is left as it is.
-        """
-        entry = self.accepted.get(ended.fingerprint)
-        if entry is not None and entry.run.started_at > ended.started_at:
-            return
-        # Re-inserted last: the entries stay in the order they are kept from (see
-        # kept_since), so dropping stale ones from the front finds them all.
-        accepted = self._own_accepted()
-        accepted.pop(ended.fingerprint, None)
-        accepted[ended.fingerprint] = Accepted(
-            run=ended, accepted_at=ended.started_at, kept_from=max(now, self.now)
-        )
-
-    def put(self, old: Holder, new: Holder) -> Holder:
-        """Put ``new`` in the place of ``old`` among the holders."""
-        self.holders[self.holders.index(old)] = new
-        self.dirty = True
-        return new
-
-    def show_progress(self, holder: Holder, now: float) -> None:
-        """Tell watchers the holder's latest progress (one PROGRESSED change)."""
-        self.put(holder, dataclasses.replace(holder, progress_shown_at=now, progress_due=None))
-        self.changes.append(Change(kind=ChangeKind.PROGRESSED, run=holder.run, state=self.view()))
-
-    def known_end(self, operation_id: str, now: float) -> Run | Tombstone | None:
-        """What the guard still knows of an ended run: the run itself, or its tombstone."""
-        cutoff = now - self.policy.dedup_window
-        return _known_end(self.accepted, self.tombstones, operation_id, cutoff)
-
-    def settle(self, now: float) -> None:
-        """Expire due leases, drop waiters whose wait is over, promote the queue."""
-        self.now = now
-        for holder in [h for h in self.holders if h.run.expires_at <= now]:
-            # A lease ran out at its expires_at, however late it is noticed.
-            self.release(holder, ReleaseReason.EXPIRED, holder.run.expires_at)
-        live = [w for w in self.queue if w.deadline > now]
-        if len(live) != len(self.queue):
-            self.queue = live
-            self.dirty = True
-        self.promote(now)
-        for holder in [h for h in self.holders if h.progress_due is not None]:
-            if holder.progress_due is not None and holder.progress_due <= now:
-                self.show_progress(holder, now)
-
-    def promote(self, now: float) -> None:
-        while self.queue and len(self.holders) < self.policy.capacity:
-            waiter = self.queue.pop(0)
-            self.grant(
-                operation_id=waiter.operation_id,
-                fingerprint=waiter.fingerprint,
-                lease_token=waiter.lease_token,
-                ttl=waiter.ttl,
-                labels=waiter.labels,
-                now=now,
-                principal=waiter.principal,
-            )
-
-    def _own_accepted(self) -> dict[str, Accepted]:
-        """The dedup entries, copied on the first change (documents are never mutated)."""
-        if not self._accepted_copied:
-            self.accepted = dict(self.accepted)
-            self._accepted_copied = True
-        assert isinstance(self.accepted, dict)
-        return self.accepted
-
-    def full(self) -> bool:
-        return len(self.holders) >= self.policy.capacity
-
-    def recent(self, fingerprint: str, now: float) -> Accepted | None:
-        found = self.accepted.get(fingerprint)
-        if found is None or found.accepted_at <= now - self.policy.dedup_window:
-            return None
-        return found
-
-    def finish(self, outcome: T, now: float) -> Transition[T]:
-        cutoff = now - self.policy.dedup_window
-        idle = not self.holders and not self.queue and self.settings is None
-        if not self.dirty:
-            stale = not any(kept_since(a) > cutoff for a in self.accepted.values())
-            if not (idle and stale and (self.accepted or self.doc.tombstones)):
-                return Transition(doc=self.doc, outcome=outcome, changes=(), dirty=False)
-            # Nothing left to keep but stale entries: the guard is reclaimed.
-            self.dirty = True
-        # Dedup entries are only dropped when the document is written anyway:
-        # lookups ignore stale ones, so a rejection never costs a write.
-        # Oldest first: drop from the front until an entry is still inside the
-        # window (one out of order, from another replica's clock, waits its turn;
-        # lookups ignore it meanwhile).
-        while self.accepted:
-            oldest = next(iter(self.accepted))
-            if kept_since(self.accepted[oldest]) > cutoff:
-                break
-            del self._own_accepted()[oldest]
-        doc = dataclasses.replace(
-            self.doc,
-            holders=tuple(self.holders),
-            queue=tuple(self.queue),
-            accepted=self.accepted,
-            tombstones=tuple(self.tombstones),
-            next_fencing=self.next_fencing,
-            settings=self.settings,
-        )
-        return Transition(
-            doc=doc,
-            outcome=outcome,
-            changes=tuple(self.changes),
-            dirty=True,
-            reclaim=idle and not self.accepted,
-        )
-
-
 def view(doc: GuardDoc, policy: GuardPolicy) -> GuardView:
     """The guard as watchers see it (call after :func:`settle` for an up-to-date view)."""
-    return _Work(doc, policy).view()
+    return Work(doc, policy).view()
 
 
 def settle(doc: GuardDoc, policy: GuardPolicy, now: float) -> Transition[None]:
     """Expire due leases, drop waiters past their deadline, hand freed slots to the queue."""
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     return work.finish(None, now)
 
@@ -372,7 +132,7 @@ def begin(
             this guard with another fingerprint, or of another principal (a
             replay hands out the lease token, so only its own principal gets it).
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     for check in _BEGIN_CHECKS:
         answer = check(work, cmd, now)
@@ -381,11 +141,11 @@ def begin(
     return work.finish(_admit(work, cmd, now), now)
 
 
-_Check = Callable[[_Work, BeginCommand, float], Granted | Queued | Rejection | None]
+_Check = Callable[[Work, BeginCommand, float], Granted | Queued | Rejection | None]
 """One of Begin's checks: its answer, or None to let the next check decide."""
 
 
-def _replay(work: _Work, cmd: BeginCommand, now: float) -> Granted | None:
+def _replay(work: Work, cmd: BeginCommand, now: float) -> Granted | None:
     """A retried Begin of a run that holds a slot gets its own grant back."""
     held = work.holder(cmd.operation_id)
     if held is None:
@@ -394,7 +154,7 @@ def _replay(work: _Work, cmd: BeginCommand, now: float) -> Granted | None:
     return Granted(held.run, held.lease_token, replayed=True)
 
 
-def _not_held(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+def _not_held(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
     """A resume-only Begin that holds no slot is refused NOT_HELD."""
     if not cmd.resume_only:
         return None
@@ -405,7 +165,7 @@ def _not_held(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
     )
 
 
-def _rejoin(work: _Work, cmd: BeginCommand, now: float) -> Queued | None:
+def _rejoin(work: Work, cmd: BeginCommand, now: float) -> Queued | None:
     """A retried Begin of a queued caller keeps its place in the queue."""
     queued = work.waiter(cmd.operation_id)
     if queued is None:
@@ -414,7 +174,7 @@ def _rejoin(work: _Work, cmd: BeginCommand, now: float) -> Queued | None:
     return Queued(queued.operation_id, queued.lease_token, queued.deadline)
 
 
-def _in_flight(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+def _in_flight(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
     """A full guard refuses a caller that does not wait: IN_FLIGHT, with the holders."""
     if not work.full() or cmd.wait > 0:
         return None
@@ -429,7 +189,7 @@ def _in_flight(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
     )
 
 
-def _duplicate(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+def _duplicate(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
     """A submission accepted inside the dedup window is a DUPLICATE, even if its run ended."""
     earlier = work.recent(cmd.fingerprint, now)
     if earlier is None:
@@ -447,7 +207,7 @@ def _duplicate(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
     )
 
 
-def _queued_twin(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+def _queued_twin(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
     """A submission identical to one already queued is a DUPLICATE too."""
     twin = next((w for w in work.queue if w.fingerprint == cmd.fingerprint), None)
     if twin is None:
@@ -459,7 +219,7 @@ def _queued_twin(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None
     )
 
 
-def _queue_full(work: _Work, cmd: BeginCommand, now: float) -> Rejection | None:
+def _queue_full(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
     """A caller that would wait in a queue at its limit is refused QUEUE_FULL."""
     if not work.full() or len(work.queue) < work.policy.max_queue:
         return None
@@ -483,7 +243,7 @@ _BEGIN_CHECKS: tuple[_Check, ...] = (
 """Begin's checks in the seed's order (its own run first, then in-flight, then duplicate)."""
 
 
-def _admit(work: _Work, cmd: BeginCommand, now: float) -> Granted | Queued:
+def _admit(work: Work, cmd: BeginCommand, now: float) -> Granted | Queued:
     """A Begin every check let through: queued when the guard is full, else granted."""
     ttl = work.policy.max_ttl if cmd.ttl is None else cmd.ttl
     if work.full():
@@ -513,7 +273,7 @@ def _admit(work: _Work, cmd: BeginCommand, now: float) -> Granted | Queued:
     return Granted(holder.run, holder.lease_token)
 
 
-def _same_submission(work: _Work, cmd: BeginCommand, fingerprint: str, principal: str) -> None:
+def _same_submission(work: Work, cmd: BeginCommand, fingerprint: str, principal: str) -> None:
     """A Begin naming a run or waiter of this guard must be the same submission, by the
     same principal (a replay hands out the lease token)."""
     if fingerprint != cmd.fingerprint:
@@ -523,7 +283,7 @@ def _same_submission(work: _Work, cmd: BeginCommand, fingerprint: str, principal
 
 
 def _reject(
-    work: _Work,
+    work: Work,
     reason: RejectionReason,
     message: str,
     *,
@@ -544,7 +304,7 @@ def cancel_wait(
     doc: GuardDoc, policy: GuardPolicy, operation_id: str, lease_token: str, now: float
 ) -> Transition[Granted | Rejection]:
     """Leave the queue when a wait is over; the grant if the slot came first."""
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     if held is not None and held.lease_token == lease_token:
@@ -581,7 +341,7 @@ def end(
         LeaseMismatch: the run is live and ``lease_token`` is not its token
             (and ``force`` is not set).
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     if held is None:
@@ -615,7 +375,7 @@ def keep_alive(
         LeaseLost: the run holds no slot; the message says why when known.
         LeaseMismatch: the lease token is not the run's.
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     if held is None:
@@ -662,7 +422,7 @@ def cancel(
         NotPermitted: the caller is neither admin nor the run's principal.
         RunNotFound: the guard knows no such run.
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     run = held.run if held is not None else None
@@ -696,27 +456,10 @@ def find_run(doc: GuardDoc, policy: GuardPolicy, operation_id: str, now: float) 
     if held is not None:
         return held.run
     window = policy_of(doc, policy).dedup_window
-    known = _known_end(doc.accepted, doc.tombstones, operation_id, now - window)
+    known = known_end(doc.accepted, doc.tombstones, operation_id, now - window)
     if isinstance(known, Run):
         return known
     raise RunNotFound(doc.name, operation_id, _gone(known, now))
-
-
-def _known_end(
-    accepted: Mapping[str, Accepted],
-    tombstones: Collection[Tombstone],
-    operation_id: str,
-    cutoff: float,
-) -> Run | Tombstone | None:
-    """What a guard still knows of an ended run: the run itself while its dedup entry is
-    kept (its run ended after ``cutoff``; stale ones wait for the next write to be
-    dropped), or else its tombstone."""
-    for entry in reversed(list(accepted.values())):
-        run = entry.run
-        ended = run.operation_id == operation_id and run.ending is not None
-        if ended and kept_since(entry) > cutoff:
-            return run
-    return next((t for t in reversed(list(tombstones)) if t.operation_id == operation_id), None)
 
 
 def _gone(stone: Run | Tombstone | None, now: float) -> str:
@@ -739,7 +482,7 @@ def _state_words(run: Run) -> str:
     return "ended" if ending.reason is ReleaseReason.ENDED else ending.reason.value
 
 
-def _latest(work: _Work, run: Run) -> Run:
+def _latest(work: Work, run: Run) -> Run:
     """The run as it is now: its live holder's run (progress, cancel) if it still holds."""
     held = work.holder(run.operation_id)
     if held is not None and held.run.fencing_token == run.fencing_token:
@@ -770,7 +513,7 @@ def configure(
     CONFIGURED change, so watchers see the new settings; the same settings
     again change nothing.
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     if settings != work.settings:
         work.settings = settings
