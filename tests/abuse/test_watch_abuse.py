@@ -498,7 +498,7 @@ async def test_cancelled_and_expired_watch_streams_leave_no_watcher_behind(
         await watchers_reach(hub, 0)
     assert _codes(codes) == {"CANCELLED": ABANDONED * 2 // 3, "DEADLINE_EXCEEDED": ABANDONED // 3}
     assert errors(logs) == []
-    assert running.server.coordinator._acquired == {}
+    assert running.server.coordinator._grants.waiting() == frozenset()
     # The hub still serves: a new watcher subscribes and is the only one.
     stream = Stream(running.stub.Watch(pb.WatchRequest()))
     await stream.until(1, within=STEP)
@@ -520,7 +520,7 @@ async def test_a_waiting_begin_that_goes_away_leaves_nothing_queued(running: Any
         begin_request("waiter", wait=30), timeout=3.0 if how == "deadline" else LONG_CALL
     )
     await queue_reaches(running.stub, 1)
-    assert ("generate", "waiter") in coordinator._acquired
+    assert ("generate", "waiter") in coordinator._grants.waiting()
     if how == "cancel":
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -532,10 +532,10 @@ async def test_a_waiting_begin_that_goes_away_leaves_nothing_queued(running: Any
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await queue_reaches(running.stub, 0)
     for _ in range(int(STEP * 100)):
-        if not coordinator._acquired:
+        if not coordinator._grants.waiting():
             break
         await asyncio.sleep(0.01)
-    assert coordinator._acquired == {}
+    assert coordinator._grants.waiting() == frozenset()
     await running.stub.End(end_request(holder.granted))
     state = (await running.stub.Current(pb.CurrentRequest(guard="generate"))).state
     assert (list(state.holders), state.queue_length) == ([], 0)

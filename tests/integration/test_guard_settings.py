@@ -190,7 +190,7 @@ async def test_one_shot_guard_names_leave_no_state_behind(
     (snapshot,) = await stream.until(1)
     assert list(snapshot.snapshot.guards) == []
     stream.cancel()
-    assert running.server.coordinator._deadlines == {}
+    assert running.server.coordinator._expiry.deadlines == {}
 
 
 async def test_a_reclaimed_name_grants_higher_fencing_tokens(

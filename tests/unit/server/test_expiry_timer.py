@@ -7,7 +7,8 @@ import time
 from collections.abc import Sequence
 
 from runguard.server.config import ServerConfig
-from runguard.server.coordinator import SETTLES_IN_FLIGHT, Coordinator
+from runguard.server.coordinator import Coordinator
+from runguard.server.expiry import SETTLES_IN_FLIGHT
 from runguard.server.stores import Batch, MemoryStore, Write
 
 GUARDS = SETTLES_IN_FLIGHT + 8

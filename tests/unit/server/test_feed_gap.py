@@ -35,7 +35,7 @@ async def test_a_gap_in_the_feed_resyncs_every_watcher(
         yield seen
         yield FeedGap(after=seen.revision)  # `missed` never arrives
 
-    await coordinator._follow(feed())
+    await coordinator._feed.follow(feed())
     again = await anext(stream)
     assert isinstance(again, Snapshot)
     assert again.resynced
@@ -56,7 +56,7 @@ async def test_without_a_gap_the_watcher_gets_each_change(
     async def feed() -> AsyncIterator[Commit | FeedGap]:
         yield seen
 
-    await coordinator._follow(feed())
+    await coordinator._feed.follow(feed())
     change = await anext(stream)
     assert isinstance(change, Change)
     assert run_of(change).operation_id == "a"

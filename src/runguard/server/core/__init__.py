@@ -4,94 +4,20 @@ No grpc, no asyncio, no clock, no storage: each transition takes a guard's
 document, its policy, a command and ``now`` and returns the new document, the
 outcome and the changes it made. Randomness (lease tokens, server-made
 operation_ids) comes in with the command, so the core is deterministic.
+
+Its public names are those its modules list in their ``__all__``: ``model``
+(the values), ``transitions`` (every rule), ``work`` (what the rules share: a
+document being changed, and the :class:`Transition` it comes to) and
+``history`` (the change log).
 """
 
-from runguard.server.core.history import ChangeLog
-from runguard.server.core.model import (
-    CAPACITY_MAX,
-    Accepted,
-    BeginCommand,
-    Cancellation,
-    CancelResult,
-    Change,
-    ChangeKind,
-    Ending,
-    EndResult,
-    GuardDoc,
-    GuardPolicy,
-    GuardSettings,
-    GuardView,
-    Holder,
-    Labels,
-    Rejection,
-    RejectionReason,
-    ReleaseReason,
-    Run,
-    RunOutcome,
-    RunProgress,
-    Tombstone,
-    Waiter,
-)
-from runguard.server.core.transitions import (
-    PROGRESS_INTERVAL,
-    Granted,
-    Queued,
-    Transition,
-    begin,
-    cancel,
-    cancel_wait,
-    configure,
-    end,
-    find_run,
-    keep_alive,
-    kept_since,
-    next_deadline,
-    policy_of,
-    settle,
-    view,
-    without_waiters_of,
-)
+from runguard.server.core import history, model, transitions, work
 
-__all__ = [
-    "CAPACITY_MAX",
-    "PROGRESS_INTERVAL",
-    "Accepted",
-    "BeginCommand",
-    "CancelResult",
-    "Cancellation",
-    "Change",
-    "ChangeKind",
-    "ChangeLog",
-    "EndResult",
-    "Ending",
-    "Granted",
-    "GuardDoc",
-    "GuardPolicy",
-    "GuardSettings",
-    "GuardView",
-    "Holder",
-    "Labels",
-    "Queued",
-    "Rejection",
-    "RejectionReason",
-    "ReleaseReason",
-    "Run",
-    "RunOutcome",
-    "RunProgress",
-    "Tombstone",
-    "Transition",
-    "Waiter",
-    "begin",
-    "cancel",
-    "cancel_wait",
-    "configure",
-    "end",
-    "find_run",
-    "keep_alive",
-    "kept_since",
-    "next_deadline",
-    "policy_of",
-    "settle",
-    "view",
-    "without_waiters_of",
-]
+# Each module's __all__ is its public surface; the package re-exports them whole,
+# so a new name is listed once, where it is defined.
+from runguard.server.core.history import *  # noqa: F403
+from runguard.server.core.model import *  # noqa: F403
+from runguard.server.core.transitions import *  # noqa: F403
+from runguard.server.core.work import *  # noqa: F403
+
+__all__ = [*history.__all__, *model.__all__, *transitions.__all__, *work.__all__]

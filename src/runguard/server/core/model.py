@@ -12,6 +12,32 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+__all__ = [
+    "CAPACITY_MAX",
+    "Accepted",
+    "BeginCommand",
+    "CancelResult",
+    "Cancellation",
+    "Change",
+    "ChangeKind",
+    "EndResult",
+    "Ending",
+    "GuardDoc",
+    "GuardPolicy",
+    "GuardSettings",
+    "GuardView",
+    "Holder",
+    "Labels",
+    "Rejection",
+    "RejectionReason",
+    "ReleaseReason",
+    "Run",
+    "RunOutcome",
+    "RunProgress",
+    "Tombstone",
+    "Waiter",
+]
+
 Labels = tuple[tuple[str, str], ...]
 """Labels as sorted (key, value) pairs, so documents stay hashable."""
 

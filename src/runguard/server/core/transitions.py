@@ -1,15 +1,16 @@
 """Every transition of a guard, in one place.
 
 Each public function takes the guard's current document, its policy, a
-command and ``now``, and returns a :class:`Transition`: the new document, the
-outcome, and the slot changes in the order they happened. Every command first
-*settles* the guard, in the seed's order: leases that are due expire, waiters
-whose wait is over leave the queue, and freed slots go to the queue in arrival
-order. A transition that raises changed nothing.
+command and ``now``, and returns a :class:`~runguard.server.core.work.Transition`:
+the new document, the outcome, and the slot changes in the order they happened.
+Every command first *settles* the guard, in the seed's order: leases that are
+due expire, waiters whose wait is over leave the queue, and freed slots go to
+the queue in arrival order (the mechanics every command shares are in
+``work``). A transition that raises changed nothing.
 
 ``policy`` is the policy of a guard without settings of its own (the store-wide
 defaults and the server's lease limit); a document's own ``settings`` take its
-place (:func:`policy_of`).
+place (``work.policy_of``).
 
 A guard with no holders, no queue, no dedup entry inside its window and no
 settings of its own is *reclaimed*: the transition that leaves it so says
@@ -23,9 +24,9 @@ full; a DUPLICATE only inside the dedup window.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import TypeVar, cast
 
 from runguard.server.core.model import (
     Accepted,
@@ -34,13 +35,11 @@ from runguard.server.core.model import (
     CancelResult,
     Change,
     ChangeKind,
-    Ending,
     EndResult,
     GuardDoc,
     GuardPolicy,
     GuardSettings,
     GuardView,
-    Holder,
     Rejection,
     RejectionReason,
     ReleaseReason,
@@ -50,6 +49,7 @@ from runguard.server.core.model import (
     Tombstone,
     Waiter,
 )
+from runguard.server.core.work import Transition, Work, kept_since, known_end, policy_of
 from runguard.server.errors import (
     LeaseLost,
     LeaseMismatch,
@@ -62,7 +62,6 @@ __all__ = [
     "PROGRESS_INTERVAL",
     "Granted",
     "Queued",
-    "Transition",
     "begin",
     "cancel",
     "cancel_wait",
@@ -70,16 +69,11 @@ __all__ = [
     "end",
     "find_run",
     "keep_alive",
-    "kept_since",
     "next_deadline",
-    "policy_of",
     "settle",
     "view",
     "without_waiters_of",
 ]
-
-TOMBSTONES_KEPT = 64
-"""How many ended runs a guard remembers to explain a lost lease."""
 
 PROGRESS_INTERVAL = 1.0
 """Seconds between two PROGRESSED changes of one run: reports in between update the
@@ -109,245 +103,14 @@ class Queued:
     deadline: float
 
 
-@dataclass(frozen=True, slots=True)
-class Transition(Generic[T]):
-    """The result of a command: commit ``doc`` only when ``dirty``.
-
-    ``reclaim``: the guard is left with nothing to keep; the store deletes it
-    instead of writing ``doc`` (and a guard never written is not written).
-    """
-
-    doc: GuardDoc
-    outcome: T
-    changes: tuple[Change, ...]
-    dirty: bool
-    reclaim: bool = False
-
-
-def kept_since(entry: Accepted) -> float:
-    """When a dedup entry's keeping is measured from: when its run's end was recorded, else
-    its acceptance. A DUPLICATE is measured from the acceptance alone (the seed's window);
-    an ended run stays known (GetRun, a DUPLICATE's duplicate_of, a late End) for a window
-    after it ended, however long it ran."""
-    return max(entry.accepted_at, entry.kept_from)
-
-
-def policy_of(doc: GuardDoc, policy: GuardPolicy) -> GuardPolicy:
-    """The policy ``doc`` is run by: its own settings when it has some, else ``policy``."""
-    return policy.with_settings(doc.settings)
-
-
-class _Work:
-    """A guard document being changed by one command."""
-
-    def __init__(self, doc: GuardDoc, policy: GuardPolicy) -> None:
-        self.doc = doc
-        self.settings = doc.settings
-        self.policy = policy_of(doc, policy)
-        self.holders = list(doc.holders)
-        self.queue = list(doc.queue)
-        self.accepted: Mapping[str, Accepted] = doc.accepted
-        self._accepted_copied = False
-        self.tombstones = list(doc.tombstones)
-        self.next_fencing = doc.next_fencing
-        self.changes: list[Change] = []
-        self.dirty = False
-        self.now = 0.0
-        """The command's time (set by ``settle``, which every command runs first)."""
-
-    def view(self) -> GuardView:
-        return GuardView(
-            guard=self.doc.name,
-            capacity=self.policy.capacity,
-            holders=tuple(h.run for h in self.holders),
-            queue_length=len(self.queue),
-            dedup_window=self.policy.dedup_window,
-            max_queue=self.policy.max_queue,
-            configured=self.settings is not None,
-        )
-
-    def holder(self, operation_id: str) -> Holder | None:
-        return next((h for h in self.holders if h.run.operation_id == operation_id), None)
-
-    def waiter(self, operation_id: str) -> Waiter | None:
-        return next((w for w in self.queue if w.operation_id == operation_id), None)
-
-    def grant(
-        self,
-        *,
-        operation_id: str,
-        fingerprint: str,
-        lease_token: str,
-        ttl: float,
-        labels: tuple[tuple[str, str], ...],
-        now: float,
-        principal: str = "",
-    ) -> Holder:
-        run = Run(
-            guard=self.doc.name,
-            operation_id=operation_id,
-            fingerprint=fingerprint,
-            fencing_token=self.next_fencing,
-            started_at=now,
-            expires_at=now + ttl,
-            labels=labels,
-            principal=principal,
-        )
-        self.next_fencing += 1
-        holder = Holder(run=run, lease_token=lease_token, ttl=ttl)
-        self.holders.append(holder)
-        # Re-inserted last, so the mapping stays in order of acceptance.
-        accepted = self._own_accepted()
-        accepted.pop(fingerprint, None)
-        accepted[fingerprint] = Accepted(run=run, accepted_at=now)
-        self.dirty = True
-        self.changes.append(Change(kind=ChangeKind.ACQUIRED, run=run, state=self.view()))
-        return holder
-
-    def release(
-        self,
-        holder: Holder,
-        reason: ReleaseReason,
-        now: float,
-        outcome: RunOutcome | None = None,
-        result: str = "",
-    ) -> Run:
-        self.holders.remove(holder)
-        self.tombstones.append(
-            Tombstone(operation_id=holder.run.operation_id, reason=reason, at=now)
-        )
-        del self.tombstones[:-TOMBSTONES_KEPT]
-        ended = dataclasses.replace(
-            holder.run, ending=Ending(reason=reason, at=now, outcome=outcome, result=result)
-        )
-        self._keep_ended(ended, now)
-        self.dirty = True
-        self.changes.append(
-            Change(kind=ChangeKind.RELEASED, run=ended, state=self.view(), reason=reason)
-        )
-        return ended
-
-    def _keep_ended(self, ended: Run, now: float) -> None:
-        """The run's dedup entry now shows how it ended, and is kept for a window from now.
-
-        A run that outlived its window had its entry dropped: it gets one again (accepted
-        at its start, so it makes no DUPLICATE). An entry of a later run of the same
-        submission is left as it is.
-        """
-        entry = self.accepted.get(ended.fingerprint)
-        if entry is not None and entry.run.started_at > ended.started_at:
-            return
-        # Re-inserted last: the entries stay in the order they are kept from (see
-        # kept_since), so dropping stale ones from the front finds them all.
-        accepted = self._own_accepted()
-        accepted.pop(ended.fingerprint, None)
-        accepted[ended.fingerprint] = Accepted(
-            run=ended, accepted_at=ended.started_at, kept_from=max(now, self.now)
-        )
-
-    def put(self, old: Holder, new: Holder) -> Holder:
-        """Put ``new`` in the place of ``old`` among the holders."""
-        self.holders[self.holders.index(old)] = new
-        self.dirty = True
-        return new
-
-    def show_progress(self, holder: Holder, now: float) -> None:
-        """Tell watchers the holder's latest progress (one PROGRESSED change)."""
-        self.put(holder, dataclasses.replace(holder, progress_shown_at=now, progress_due=None))
-        self.changes.append(Change(kind=ChangeKind.PROGRESSED, run=holder.run, state=self.view()))
-
-    def known_end(self, operation_id: str, now: float) -> Run | Tombstone | None:
-        """What the guard still knows of an ended run: the run itself, or its tombstone."""
-        cutoff = now - self.policy.dedup_window
-        return _known_end(self.accepted, self.tombstones, operation_id, cutoff)
-
-    def settle(self, now: float) -> None:
-        """Expire due leases, drop waiters whose wait is over, promote the queue."""
-        self.now = now
-        for holder in [h for h in self.holders if h.run.expires_at <= now]:
-            # A lease ran out at its expires_at, however late it is noticed.
-            self.release(holder, ReleaseReason.EXPIRED, holder.run.expires_at)
-        live = [w for w in self.queue if w.deadline > now]
-        if len(live) != len(self.queue):
-            self.queue = live
-            self.dirty = True
-        self.promote(now)
-        for holder in [h for h in self.holders if h.progress_due is not None]:
-            if holder.progress_due is not None and holder.progress_due <= now:
-                self.show_progress(holder, now)
-
-    def promote(self, now: float) -> None:
-        while self.queue and len(self.holders) < self.policy.capacity:
-            waiter = self.queue.pop(0)
-            self.grant(
-                operation_id=waiter.operation_id,
-                fingerprint=waiter.fingerprint,
-                lease_token=waiter.lease_token,
-                ttl=waiter.ttl,
-                labels=waiter.labels,
-                now=now,
-                principal=waiter.principal,
-            )
-
-    def _own_accepted(self) -> dict[str, Accepted]:
-        """The dedup entries, copied on the first change (documents are never mutated)."""
-        if not self._accepted_copied:
-            self.accepted = dict(self.accepted)
-            self._accepted_copied = True
-        assert isinstance(self.accepted, dict)
-        return self.accepted
-
-    def recent(self, fingerprint: str, now: float) -> Accepted | None:
-        found = self.accepted.get(fingerprint)
-        if found is None or found.accepted_at <= now - self.policy.dedup_window:
-            return None
-        return found
-
-    def finish(self, outcome: T, now: float) -> Transition[T]:
-        cutoff = now - self.policy.dedup_window
-        idle = not self.holders and not self.queue and self.settings is None
-        if not self.dirty:
-            stale = not any(kept_since(a) > cutoff for a in self.accepted.values())
-            if not (idle and stale and (self.accepted or self.doc.tombstones)):
-                return Transition(doc=self.doc, outcome=outcome, changes=(), dirty=False)
-            # Nothing left to keep but stale entries: the guard is reclaimed.
-            self.dirty = True
-        # Dedup entries are only dropped when the document is written anyway:
-        # lookups ignore stale ones, so a rejection never costs a write.
-        # Oldest first: drop from the front until an entry is still inside the
-        # window (one out of order, from another replica's clock, waits its turn;
-        # lookups ignore it meanwhile).
-        while self.accepted:
-            oldest = next(iter(self.accepted))
-            if kept_since(self.accepted[oldest]) > cutoff:
-                break
-            del self._own_accepted()[oldest]
-        doc = dataclasses.replace(
-            self.doc,
-            holders=tuple(self.holders),
-            queue=tuple(self.queue),
-            accepted=self.accepted,
-            tombstones=tuple(self.tombstones),
-            next_fencing=self.next_fencing,
-            settings=self.settings,
-        )
-        return Transition(
-            doc=doc,
-            outcome=outcome,
-            changes=tuple(self.changes),
-            dirty=True,
-            reclaim=idle and not self.accepted,
-        )
-
-
 def view(doc: GuardDoc, policy: GuardPolicy) -> GuardView:
     """The guard as watchers see it (call after :func:`settle` for an up-to-date view)."""
-    return _Work(doc, policy).view()
+    return Work(doc, policy).view()
 
 
 def settle(doc: GuardDoc, policy: GuardPolicy, now: float) -> Transition[None]:
     """Expire due leases, drop waiters past their deadline, hand freed slots to the queue."""
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     return work.finish(None, now)
 
@@ -357,6 +120,10 @@ def begin(
 ) -> Transition[Granted | Queued | Rejection]:
     """Ask for a slot: the seed's order of checks, then the queue.
 
+    The guard settles first (the seed's expiry); then each check of ``_BEGIN_CHECKS``
+    in turn may answer, and the first that does decides; a Begin none of them
+    answers joins the queue (the guard is full) or is granted.
+
     A ``resume_only`` command only gets back the grant its operation_id holds
     (rejected NOT_HELD otherwise): it never grants, queues or joins a window.
 
@@ -365,94 +132,121 @@ def begin(
             this guard with another fingerprint, or of another principal (a
             replay hands out the lease token, so only its own principal gets it).
     """
-    work = _Work(doc, policy)
-    policy = work.policy  # the guard's own settings, where it has some
+    work = Work(doc, policy)
     work.settle(now)
-    held = work.holder(cmd.operation_id)
-    if held is not None:
-        if held.run.fingerprint != cmd.fingerprint:
-            raise OperationConflict(doc.name, cmd.operation_id)
-        if held.run.principal != cmd.principal:
-            raise OperationConflict(doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
-        return work.finish(Granted(held.run, held.lease_token, replayed=True), now)
-    if cmd.resume_only:
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.NOT_HELD,
-                message=f"operation_id={cmd.operation_id} holds no slot of guard {doc.name!r}",
-                holders=tuple(h.run for h in work.holders),
-            ),
-            now,
-        )
-    queued = work.waiter(cmd.operation_id)
-    if queued is not None:
-        if queued.fingerprint != cmd.fingerprint:
-            raise OperationConflict(doc.name, cmd.operation_id)
-        if queued.principal != cmd.principal:
-            raise OperationConflict(doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
-        return work.finish(Queued(queued.operation_id, queued.lease_token, queued.deadline), now)
+    for check in _BEGIN_CHECKS:
+        answer = check(work, cmd, now)
+        if answer is not None:
+            return work.finish(answer, now)
+    return work.finish(_admit(work, cmd, now), now)
 
-    holders = tuple(h.run for h in work.holders)
-    full = len(work.holders) >= policy.capacity
-    if full and cmd.wait <= 0:
-        soonest = min(h.run.expires_at for h in work.holders)
-        names = ", ".join(h.operation_id for h in holders)
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.IN_FLIGHT,
-                message=(
-                    f"guard {doc.name!r} is at capacity {policy.capacity}: held by "
-                    f"operation_id={names}. End it first or wait for it to finish."
-                ),
-                holders=holders,
-                retry_after=max(0.0, soonest - now),
-            ),
-            now,
-        )
+
+_Check = Callable[[Work, BeginCommand, float], Granted | Queued | Rejection | None]
+"""One of Begin's checks: its answer, or None to let the next check decide."""
+
+
+def _replay(work: Work, cmd: BeginCommand, now: float) -> Granted | None:
+    """A retried Begin of a run that holds a slot gets its own grant back."""
+    held = work.holder(cmd.operation_id)
+    if held is None:
+        return None
+    _same_submission(work, cmd, held.run.fingerprint, held.run.principal)
+    return Granted(held.run, held.lease_token, replayed=True)
+
+
+def _not_held(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A resume-only Begin that holds no slot is refused NOT_HELD."""
+    if not cmd.resume_only:
+        return None
+    return _reject(
+        work,
+        RejectionReason.NOT_HELD,
+        f"operation_id={cmd.operation_id} holds no slot of guard {work.doc.name!r}",
+    )
+
+
+def _rejoin(work: Work, cmd: BeginCommand, now: float) -> Queued | None:
+    """A retried Begin of a queued caller keeps its place in the queue."""
+    queued = work.waiter(cmd.operation_id)
+    if queued is None:
+        return None
+    _same_submission(work, cmd, queued.fingerprint, queued.principal)
+    return Queued(queued.operation_id, queued.lease_token, queued.deadline)
+
+
+def _in_flight(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A full guard refuses a caller that does not wait: IN_FLIGHT, with the holders."""
+    if not work.full() or cmd.wait > 0:
+        return None
+    soonest = min(h.run.expires_at for h in work.holders)
+    names = ", ".join(h.run.operation_id for h in work.holders)
+    return _reject(
+        work,
+        RejectionReason.IN_FLIGHT,
+        f"guard {work.doc.name!r} is at capacity {work.policy.capacity}: held by "
+        f"operation_id={names}. End it first or wait for it to finish.",
+        retry_after=max(0.0, soonest - now),
+    )
+
+
+def _duplicate(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A submission accepted inside the dedup window is a DUPLICATE, even if its run ended."""
     earlier = work.recent(cmd.fingerprint, now)
-    if earlier is not None:
-        age = now - earlier.accepted_at
-        first = _latest(work, earlier.run)
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.DUPLICATE,
-                message=(
-                    "an identical submission was accepted "
-                    f"{age:.1f}s ago (operation_id={earlier.run.operation_id}, "
-                    f"{_state_words(first)}). Wait and try again if this was intentional."
-                ),
-                holders=holders,
-                duplicate_of=first,
-                retry_after=max(0.0, earlier.accepted_at + policy.dedup_window - now),
-            ),
-            now,
-        )
+    if earlier is None:
+        return None
+    age = now - earlier.accepted_at
+    first = _latest(work, earlier.run)
+    return _reject(
+        work,
+        RejectionReason.DUPLICATE,
+        "an identical submission was accepted "
+        f"{age:.1f}s ago (operation_id={earlier.run.operation_id}, "
+        f"{_state_words(first)}). Wait and try again if this was intentional.",
+        duplicate_of=first,
+        retry_after=max(0.0, earlier.accepted_at + work.policy.dedup_window - now),
+    )
+
+
+def _queued_twin(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A submission identical to one already queued is a DUPLICATE too."""
     twin = next((w for w in work.queue if w.fingerprint == cmd.fingerprint), None)
-    if twin is not None:
-        return work.finish(
-            Rejection(
-                reason=RejectionReason.DUPLICATE,
-                message=(
-                    f"an identical submission is already queued (operation_id={twin.operation_id})."
-                ),
-                holders=holders,
-            ),
-            now,
-        )
-    ttl = policy.max_ttl if cmd.ttl is None else cmd.ttl
-    if full:
-        if len(work.queue) >= policy.max_queue:
-            return work.finish(
-                Rejection(
-                    reason=RejectionReason.QUEUE_FULL,
-                    message=(
-                        f"guard {doc.name!r} has {len(work.queue)} callers queued, "
-                        f"its limit is {policy.max_queue}"
-                    ),
-                    holders=holders,
-                ),
-                now,
-            )
+    if twin is None:
+        return None
+    return _reject(
+        work,
+        RejectionReason.DUPLICATE,
+        f"an identical submission is already queued (operation_id={twin.operation_id}).",
+    )
+
+
+def _queue_full(work: Work, cmd: BeginCommand, now: float) -> Rejection | None:
+    """A caller that would wait in a queue at its limit is refused QUEUE_FULL."""
+    if not work.full() or len(work.queue) < work.policy.max_queue:
+        return None
+    return _reject(
+        work,
+        RejectionReason.QUEUE_FULL,
+        f"guard {work.doc.name!r} has {len(work.queue)} callers queued, "
+        f"its limit is {work.policy.max_queue}",
+    )
+
+
+_BEGIN_CHECKS: tuple[_Check, ...] = (
+    _replay,
+    _not_held,
+    _rejoin,
+    _in_flight,
+    _duplicate,
+    _queued_twin,
+    _queue_full,
+)
+"""Begin's checks in the seed's order (its own run first, then in-flight, then duplicate)."""
+
+
+def _admit(work: Work, cmd: BeginCommand, now: float) -> Granted | Queued:
+    """A Begin every check let through: queued when the guard is full, else granted."""
+    ttl = work.policy.max_ttl if cmd.ttl is None else cmd.ttl
+    if work.full():
         waiter = Waiter(
             operation_id=cmd.operation_id,
             fingerprint=cmd.fingerprint,
@@ -466,7 +260,7 @@ def begin(
         )
         work.queue.append(waiter)
         work.dirty = True
-        return work.finish(Queued(waiter.operation_id, waiter.lease_token, waiter.deadline), now)
+        return Queued(waiter.operation_id, waiter.lease_token, waiter.deadline)
     holder = work.grant(
         operation_id=cmd.operation_id,
         fingerprint=cmd.fingerprint,
@@ -476,14 +270,41 @@ def begin(
         now=now,
         principal=cmd.principal,
     )
-    return work.finish(Granted(holder.run, holder.lease_token), now)
+    return Granted(holder.run, holder.lease_token)
+
+
+def _same_submission(work: Work, cmd: BeginCommand, fingerprint: str, principal: str) -> None:
+    """A Begin naming a run or waiter of this guard must be the same submission, by the
+    same principal (a replay hands out the lease token)."""
+    if fingerprint != cmd.fingerprint:
+        raise OperationConflict(work.doc.name, cmd.operation_id)
+    if principal != cmd.principal:
+        raise OperationConflict(work.doc.name, cmd.operation_id, detail=_OTHER_PRINCIPAL)
+
+
+def _reject(
+    work: Work,
+    reason: RejectionReason,
+    message: str,
+    *,
+    duplicate_of: Run | None = None,
+    retry_after: float | None = None,
+) -> Rejection:
+    """A refused Begin, showing the guard's holders as the command left them."""
+    return Rejection(
+        reason=reason,
+        message=message,
+        holders=tuple(h.run for h in work.holders),
+        duplicate_of=duplicate_of,
+        retry_after=retry_after,
+    )
 
 
 def cancel_wait(
     doc: GuardDoc, policy: GuardPolicy, operation_id: str, lease_token: str, now: float
 ) -> Transition[Granted | Rejection]:
     """Leave the queue when a wait is over; the grant if the slot came first."""
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     if held is not None and held.lease_token == lease_token:
@@ -493,10 +314,8 @@ def cancel_wait(
         work.queue.remove(waiter)
         work.dirty = True
     return work.finish(
-        Rejection(
-            reason=RejectionReason.WAIT_TIMEOUT,
-            message=f"no slot of guard {doc.name!r} freed while waiting",
-            holders=tuple(h.run for h in work.holders),
+        _reject(
+            work, RejectionReason.WAIT_TIMEOUT, f"no slot of guard {doc.name!r} freed while waiting"
         ),
         now,
     )
@@ -522,7 +341,7 @@ def end(
         LeaseMismatch: the run is live and ``lease_token`` is not its token
             (and ``force`` is not set).
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     if held is None:
@@ -556,7 +375,7 @@ def keep_alive(
         LeaseLost: the run holds no slot; the message says why when known.
         LeaseMismatch: the lease token is not the run's.
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     if held is None:
@@ -603,7 +422,7 @@ def cancel(
         NotPermitted: the caller is neither admin nor the run's principal.
         RunNotFound: the guard knows no such run.
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     held = work.holder(operation_id)
     run = held.run if held is not None else None
@@ -637,27 +456,10 @@ def find_run(doc: GuardDoc, policy: GuardPolicy, operation_id: str, now: float) 
     if held is not None:
         return held.run
     window = policy_of(doc, policy).dedup_window
-    known = _known_end(doc.accepted, doc.tombstones, operation_id, now - window)
+    known = known_end(doc.accepted, doc.tombstones, operation_id, now - window)
     if isinstance(known, Run):
         return known
     raise RunNotFound(doc.name, operation_id, _gone(known, now))
-
-
-def _known_end(
-    accepted: Mapping[str, Accepted],
-    tombstones: Collection[Tombstone],
-    operation_id: str,
-    cutoff: float,
-) -> Run | Tombstone | None:
-    """What a guard still knows of an ended run: the run itself while its dedup entry is
-    kept (its run ended after ``cutoff``; stale ones wait for the next write to be
-    dropped), or else its tombstone."""
-    for entry in reversed(list(accepted.values())):
-        run = entry.run
-        ended = run.operation_id == operation_id and run.ending is not None
-        if ended and kept_since(entry) > cutoff:
-            return run
-    return next((t for t in reversed(list(tombstones)) if t.operation_id == operation_id), None)
 
 
 def _gone(stone: Run | Tombstone | None, now: float) -> str:
@@ -680,7 +482,7 @@ def _state_words(run: Run) -> str:
     return "ended" if ending.reason is ReleaseReason.ENDED else ending.reason.value
 
 
-def _latest(work: _Work, run: Run) -> Run:
+def _latest(work: Work, run: Run) -> Run:
     """The run as it is now: its live holder's run (progress, cancel) if it still holds."""
     held = work.holder(run.operation_id)
     if held is not None and held.run.fencing_token == run.fencing_token:
@@ -711,7 +513,7 @@ def configure(
     CONFIGURED change, so watchers see the new settings; the same settings
     again change nothing.
     """
-    work = _Work(doc, policy)
+    work = Work(doc, policy)
     work.settle(now)
     if settings != work.settings:
         work.settings = settings
