@@ -43,7 +43,13 @@ async def test_due_guards_are_settled_together_and_all_reclaimed() -> None:
     pile up and go to the store together, never more than SETTLES_IN_FLIGHT in one
     write, and every guard is reclaimed in the end."""
     store = HeldBatches()
-    coordinator = Coordinator(ServerConfig(dedup_window=0.05), store)
+    # The clock stands still while the guards are made, so that none falls due before the
+    # last one is in, however slow the machine; then it jumps past the dedup window.
+    started = time.time()
+    elapsed = 0.0
+    coordinator = Coordinator(
+        ServerConfig(dedup_window=0.05), store, clock=lambda: started + elapsed
+    )
     await coordinator.start()
     feed = store.subscribe()
     try:
@@ -54,8 +60,9 @@ async def test_due_guards_are_settled_together_and_all_reclaimed() -> None:
             )
             assert not isinstance(grant, Exception)
             await coordinator.end(f"due-{n}", "op", grant.lease_token)  # type: ignore[union-attr]
-        store.batches.clear()
+        store.batches.clear()  # the Begins and Ends; nothing is due yet
         store.gate.clear()
+        elapsed = 1.0
         await asyncio.wait_for(store.held.wait(), 10)
         await asyncio.sleep(0.1)  # room for a write more, if the timer allowed one
         store.gate.set()
