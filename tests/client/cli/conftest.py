@@ -28,7 +28,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         for name in list(os.environ):
             if name.startswith(("RUNGUARD_", "RUN_DEDUP", "RUN_MAX")):
                 patch.delenv(name)
-        started = serve_process(tmp_path_factory.mktemp("cli-server"))
+        # A long dedup window: a test that needs its first run still kept when a later
+        # verb starts must not depend on how fast the machine starts a process.
+        started = serve_process(tmp_path_factory.mktemp("cli-server"), "--dedup-window", "120")
     yield started
     started.stop()
 
