@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
+from tests import history_calls
 from tests.history import Duplicate, Grant, check
 
 __all__ = ["CAPACITIES", "DEDUP_WINDOW", "HistoryResult", "run_history"]
@@ -108,11 +109,8 @@ async def _client(
         if rng.random() < 0.5:
             request.wait.CopyFrom(_duration(2.0))
         sent = time.time()
-        try:
-            reply = await stub.Begin(request, timeout=15)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                result.errors.append(f"Begin {error.code().name}: {error.details()}")
+        reply = await history_calls.begin(stub, request, result.errors)
+        if reply is None:
             result.unavailable += 1
             await asyncio.sleep(0.05)
             continue
@@ -126,22 +124,10 @@ async def _client(
                 result.expired += 1
                 result.grants.append(Grant(guard, op, token, answered, expires))
                 continue
-            released = time.time()
-            end = pb.EndRequest(
-                guard=guard, operation_id=granted.run.operation_id, lease_token=granted.lease_token
-            )
-            try:
-                ended = await stub.End(end, timeout=15)
-                if ended.result == pb.END_RESULT_ALREADY_ENDED:
-                    released = min(released, expires)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    result.errors.append(f"End {error.code().name}: {error.details()}")
-                released = expires  # unknown: it held at most until its lease ended
+            released = await history_calls.end(stub, granted, result.errors)
             result.grants.append(Grant(guard, op, token, answered, released))
         elif reply.rejected.reason == pb.REJECTION_REASON_DUPLICATE:
-            started = reply.rejected.duplicate_of.started_at.ToNanoseconds() / 1e9
-            result.duplicates.append(Duplicate(guard, sent, answered, started))
+            result.duplicates.append(history_calls.duplicate(reply, guard, sent, answered))
         else:
             result.rejected += 1
             await asyncio.sleep(0.005)

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runguard.v1 import runguard_pb2 as pb
+from tests import history_calls
 from tests.conftest import Running
 from tests.etcd_harness import EtcdCluster
 from tests.history import Duplicate, Grant, check
@@ -48,34 +49,20 @@ async def _client(stub: Any, name: str, until: float, history: History) -> None:
         n += 1
         op = f"{name}-{n}"
         sent = time.time()
-        try:
-            reply = await stub.Begin(
-                begin_request(op, {"c": name, "p": n // 3}, guard="hot", ttl=3.0), timeout=15
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.UNAVAILABLE:
-                history.other.append(f"Begin {error.code().name}: {error.details()}")
+        request = begin_request(op, {"c": name, "p": n // 3}, guard="hot", ttl=3.0)
+        reply = await history_calls.begin(stub, request, history.other)
+        if reply is None:
             history.unavailable.append(sent)
             await asyncio.sleep(0.05)
             continue
         answered = time.time()
         if reply.WhichOneof("outcome") == "granted":
             granted = reply.granted
-            expires = granted.run.expires_at.ToNanoseconds() / 1e9
             await asyncio.sleep(0.02)
-            released = time.time()
-            try:
-                ended = await stub.End(end_request(granted), timeout=15)
-                if ended.result == pb.END_RESULT_ALREADY_ENDED:
-                    released = min(released, expires)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
-                    history.other.append(f"End {error.code().name}: {error.details()}")
-                released = expires  # unknown: it holds at most until its lease ends
+            released = await history_calls.end(stub, granted, history.other)
             history.grants.append(Grant("hot", op, granted.run.fencing_token, answered, released))
         elif reply.rejected.reason == pb.REJECTION_REASON_DUPLICATE:
-            started = reply.rejected.duplicate_of.started_at.ToNanoseconds() / 1e9
-            history.duplicates.append(Duplicate("hot", sent, answered, started))
+            history.duplicates.append(history_calls.duplicate(reply, "hot", sent, answered))
         else:
             await asyncio.sleep(0.01)
 
