@@ -3,8 +3,9 @@
 Each runs in its own process group with its own data directory under the
 run's scratch directory, on a port picked at random from 21000-29999 and
 checked free (never etcd's 2379/2380 or Redis's 6379), and dies with the bench
-(``PR_SET_PDEATHSIG``). etcd gets an environment without ``ETCD*`` variables,
-since it reads each as a flag. A peer whose binary is missing is reported, not
+(``PR_SET_PDEATHSIG``). etcd is launched by the tests' launcher
+(``tests/etcd_harness.py``, imported when etcd starts, as etcd's client is a bench
+extra), with etcd's default timeouts. A peer whose binary is missing is reported, not
 dropped: :func:`start_etcd` and :func:`start_redis` return a :class:`Missing`.
 :func:`start_etcd_cluster` starts several etcd members that form one cluster
 (``--initial-cluster``); :func:`start_etcd` is its one-member case.
@@ -28,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-
-import grpc
 
 __all__ = [
     "Missing",
@@ -207,49 +206,36 @@ def _wait(check: Callable[[], bool], proc: Proc, timeout: float) -> None:
 def _launch_etcd(
     binary: str, name: str, ports: tuple[int, int], cluster: str, data_dir: Path, log: Path
 ) -> Proc:
-    """One etcd member (not yet ready) of the cluster ``cluster`` (``name=peer-url,...``).
+    """One etcd member (not yet ready) of the cluster ``cluster`` (``name=peer-url,...``)."""
+    from tests import etcd_harness
 
-    The cluster token is the same for every member of one cluster (it seeds the
-    cluster's id) and differs between clusters.
-    """
     client_port, peer_port = ports
-    client = f"http://127.0.0.1:{client_port}"
-    peer = f"http://127.0.0.1:{peer_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+    command = etcd_harness.etcd_command(
+        binary,
+        name=name,
+        client_port=client_port,
+        peer_port=peer_port,
+        cluster=cluster,
+        token=f"bench-{os.getpid()}-{cluster.split(',')[0]}",
+        data_dir=data_dir,
+        extra=("--log-level", "warn"),
+    )
     with log.open("ab") as sink:
         process = subprocess.Popen(
-            [
-                binary,
-                "--name", name,
-                "--data-dir", str(data_dir),
-                "--listen-client-urls", client,
-                "--advertise-client-urls", client,
-                "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", cluster,
-                "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"bench-{os.getpid()}-{cluster.split(',')[0]}",
-                "--logger", "zap",
-                "--log-outputs", "stderr",
-                "--log-level", "warn",
-            ],
+            command,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=etcd_harness.etcd_environment(),
             preexec_fn=_die_with_parent,  # only sets the death signal
-        )  # fmt: skip
+        )
     return Proc("etcd", version_of(binary), f"127.0.0.1:{client_port}", process, log)
 
 
 def _has_leader(address: str) -> bool:
-    from etcd3aio._protobuf import MaintenanceStub, StatusRequest
+    from tests import etcd_harness
 
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = MaintenanceStub(channel).Status(StatusRequest(), timeout=1.0)
-        except grpc.RpcError:
-            return False
-    return bool(reply.leader)
+    reply = etcd_harness.status_of(address)
+    return reply is not None and bool(reply.leader)  # type: ignore[attr-defined]
 
 
 def start_etcd_cluster(

@@ -9,6 +9,10 @@ member dies with the test process (``setpriv --pdeathsig``), so none outlives it
 
 ``shared(members)`` starts a cluster once per test session, for tests that
 only need *an* etcd: each store they open lives under its own key prefix.
+
+:func:`etcd_command`, :func:`etcd_environment` and :func:`status_of` are the one
+launcher of an etcd member, used here and by ``bench/peers.py`` (which keeps etcd's
+default timeouts and its own way of dying with its parent).
 """
 
 from __future__ import annotations
@@ -29,7 +33,15 @@ from etcd3aio._protobuf import MaintenanceStub, StatusRequest
 
 from tests.ports import is_free
 
-__all__ = ["EtcdCluster", "Member", "etcd_binary", "shared"]
+__all__ = [
+    "EtcdCluster",
+    "Member",
+    "etcd_binary",
+    "etcd_command",
+    "etcd_environment",
+    "shared",
+    "status_of",
+]
 
 
 def etcd_binary() -> str:
@@ -44,6 +56,59 @@ def etcd_binary() -> str:
             "etcd is not installed: run scripts/bootstrap (apt-get install etcd-server)"
         )
     return found
+
+
+def etcd_command(
+    binary: str,
+    *,
+    name: str,
+    client_port: int,
+    peer_port: int,
+    cluster: str,
+    token: str,
+    data_dir: Path,
+    state: str = "new",
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """The command line of one etcd member on loopback, of the cluster ``cluster``
+    (``name=peer-url,...``), logging to stderr; ``extra`` flags go after the rest.
+
+    ``token`` is the same for every member of one cluster (it seeds the cluster's id)
+    and differs between clusters.
+    """
+    client = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    return [
+        binary,
+        "--name", name,
+        "--data-dir", str(data_dir),
+        "--listen-client-urls", client,
+        "--advertise-client-urls", client,
+        "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", cluster,
+        "--initial-cluster-state", state,
+        "--initial-cluster-token", token,
+        "--logger", "zap",
+        "--log-outputs", "stderr",
+        *extra,
+    ]  # fmt: skip
+
+
+def etcd_environment() -> dict[str, str]:
+    """This process's environment without any ``ETCD*`` variable (etcd reads each as a flag)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+
+
+def status_of(endpoint: str, timeout: float = 1.0) -> object | None:
+    """The Maintenance.Status reply of the member at ``endpoint``, or None if it does not
+    answer."""
+    with grpc.insecure_channel(endpoint) as channel:
+        try:
+            reply: object = MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+    return reply
 
 
 def _with_parent() -> list[str]:
@@ -126,41 +191,29 @@ class EtcdCluster:
 
     def _launch(self, member: Member, *, state: str = "new") -> None:
         cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
-        client = f"http://127.0.0.1:{member.client_port}"
-        peer = f"http://127.0.0.1:{member.peer_port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        command = etcd_command(
+            etcd_binary(),
+            name=member.name,
+            client_port=member.client_port,
+            peer_port=member.peer_port,
+            cluster=cluster,
+            token=self._token,
+            data_dir=member.data_dir,
+            state=state,
+            # Short, so a leader loss heals in about a second.
+            extra=("--heartbeat-interval", "50", "--election-timeout", "500"),
+        )
         with member.log.open("ab") as log:
             member.process = subprocess.Popen(
-                [
-                    *_with_parent(),
-                    etcd_binary(),
-                    "--name", member.name,
-                    "--data-dir", str(member.data_dir),
-                    "--listen-client-urls", client,
-                    "--advertise-client-urls", client,
-                    "--listen-peer-urls", peer,
-                    "--initial-advertise-peer-urls", peer,
-                    "--initial-cluster", cluster,
-                    "--initial-cluster-state", state,
-                    "--initial-cluster-token", self._token,
-                    "--heartbeat-interval", "50",
-                    "--election-timeout", "500",
-                    "--logger", "zap",
-                    "--log-outputs", "stderr",
-                ],
+                [*_with_parent(), *command],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
-            )  # fmt: skip
+                env=etcd_environment(),
+            )
 
     def status(self, member: Member, timeout: float = 1.0) -> object | None:
         """The member's Maintenance.Status reply, or None if it does not answer."""
-        with grpc.insecure_channel(member.endpoint) as channel:
-            try:
-                reply: object = MaintenanceStub(channel).Status(StatusRequest(), timeout=timeout)
-                return reply
-            except grpc.RpcError:
-                return None
+        return status_of(member.endpoint, timeout)
 
     def leader(self) -> Member | None:
         """The member that is leader now, if any running member knows one."""

@@ -21,18 +21,21 @@ from tests import etcd_harness
 
 @dataclass(frozen=True, slots=True)
 class StoreKind:
-    """How to open one kind of store, and where its fencing tokens start.
+    """How to open one kind of store, and the characteristics it must declare.
 
     Attributes:
         open: builds a store keeping its state under ``workdir`` (the same
             workdir reopens the same durable state) with ``history`` changes
             kept for ``changes_since``.
-        clock_floor: a new guard's first fencing token is at least the clock
-            (microseconds since the Unix epoch) when the store was opened.
+        durable: its state outlives the store (``Store.durable``).
+        exclusive: one server process is its only writer (``Store.exclusive``).
+        inline: its calls complete without suspending (``Store.inline``).
     """
 
     open: Callable[[Path, int], Store]
-    clock_floor: bool
+    durable: bool
+    exclusive: bool
+    inline: bool
 
 
 def _memory(workdir: Path, history: int) -> Store:
@@ -53,10 +56,12 @@ def _etcd(size: int) -> Callable[[Path, int], Store]:
 
 
 STORES = [
-    pytest.param(StoreKind(_memory, clock_floor=True), id="memory"),
-    pytest.param(StoreKind(_sqlite, clock_floor=True), id="sqlite"),
-    pytest.param(StoreKind(_etcd(1), clock_floor=True), id="etcd"),
-    pytest.param(StoreKind(_etcd(3), clock_floor=True), id="etcd-cluster"),
+    pytest.param(StoreKind(_memory, durable=False, exclusive=True, inline=True), id="memory"),
+    pytest.param(StoreKind(_sqlite, durable=True, exclusive=True, inline=False), id="sqlite"),
+    pytest.param(StoreKind(_etcd(1), durable=True, exclusive=False, inline=False), id="etcd"),
+    pytest.param(
+        StoreKind(_etcd(3), durable=True, exclusive=False, inline=False), id="etcd-cluster"
+    ),
 ]
 """Every store the contract runs against."""
 

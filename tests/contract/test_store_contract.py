@@ -26,7 +26,7 @@ from runguard.server.core import (
 )
 from runguard.server.errors import VersionConflict
 from runguard.server.stores import Commit, FeedGap, Store
-from tests.contract.conftest import OpenStore, StoreKind
+from tests.contract.conftest import OpenStore
 from tests.runs import run_of
 
 T0 = 1_000.0
@@ -109,15 +109,15 @@ async def test_new_store_is_at_revision_zero(store: Store) -> None:
 
 
 async def test_read_of_unknown_guard_is_a_new_document_at_version_zero(
-    store_kind: StoreKind, open_stores: OpenStore
+    open_stores: OpenStore,
 ) -> None:
-    """An unknown guard reads as an empty document at version 0, fencing from the floor up."""
+    """An unknown guard reads as an empty document at version 0, fencing from the clock up."""
     before = time.time_ns() // 1000
     store = open_stores()
     found = await store.read("fresh")
     assert found.version <= 0  # not stored
     assert found.doc == GuardDoc(name="fresh", next_fencing=found.doc.next_fencing)
-    assert found.doc.next_fencing >= (before if store_kind.clock_floor else 1)
+    assert found.doc.next_fencing >= before
 
 
 async def test_commit_at_the_version_read_succeeds_and_moves_the_version(store: Store) -> None:

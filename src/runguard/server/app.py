@@ -24,7 +24,7 @@ from runguard.server.http import HttpApp, HttpCredentials, HttpFront
 from runguard.server.metrics import Metrics
 from runguard.server.reflection import add_reflection
 from runguard.server.servicer import RunGuardServicer, add_to_server
-from runguard.server.stores import MemoryStore, Store, open_store
+from runguard.server.stores import Store, open_store
 from runguard.v1 import runguard_pb2
 
 __all__ = ["RunGuardServer", "configure_logging"]
@@ -186,7 +186,7 @@ class RunGuardServer:
                 detail=f"HTTP {self.config.http_listen} is not a loopback address and callers "
                 "are not authenticated",
             )
-        if isinstance(self.store, MemoryStore):
+        if not self.store.durable:
             log.warning(
                 "memory_store",
                 detail="state is lost on restart; fencing tokens of new guards are seeded "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import uuid
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ __all__ = [
     "Batch",
     "Commit",
     "FeedGap",
+    "NewDocuments",
     "Store",
     "Versioned",
     "Write",
@@ -61,6 +63,33 @@ class Versioned:
 
     doc: GuardDoc
     version: int
+
+
+class NewDocuments:
+    """Where the new documents of a store of one server process start (memory, SQLite).
+
+    Above every fencing token a name had: one fencing floor, raised to each reclaimed
+    guard's next token, so no state is kept per reclaimed name; and the reclaims per
+    shard of names, which the version of an absent guard names (see ``Versioned``).
+    """
+
+    def __init__(self, fencing_floor: int) -> None:
+        self.fencing_floor = fencing_floor
+        self.reclaims = [0] * RECLAIM_SHARDS
+
+    def absent(self, guard: str) -> Versioned:
+        """A guard the store does not hold: a new document at version -reclaims of its
+        shard, so a command that read it before a reclaim raised the floor cannot
+        create it from the floor it read."""
+        return Versioned(
+            GuardDoc(name=guard, next_fencing=self.fencing_floor),
+            -self.reclaims[reclaim_shard(guard)],
+        )
+
+    def reclaimed(self, guard: str, next_fencing: int) -> None:
+        """Note that ``guard`` was reclaimed with ``next_fencing`` as its next token."""
+        self.fencing_floor = max(self.fencing_floor, next_fencing)
+        self.reclaims[reclaim_shard(guard)] += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,20 +163,31 @@ class Store(abc.ABC):
     Revisions belong to the store's ``epoch``. Every commit takes the next
     revision (strictly larger than every earlier one in the epoch); the
     changes of one commit all carry it.
+
+    A store says what it is through its characteristics (``durable``, ``exclusive``,
+    ``inline``, ``batch_limit``), so no caller needs to ask which class it is.
     """
 
+    def __init__(self, *, epoch: str, revision: int) -> None:
+        self._epoch = epoch
+        self._revision = revision
+        self._replica = uuid.uuid4().hex[:16]
+
     @property
-    @abc.abstractmethod
     def epoch(self) -> str:
         """An id fixed when the store's state was created; revisions belong to it."""
+        return self._epoch
 
     @property
-    @abc.abstractmethod
     def revision(self) -> int:
         """The revision of the newest commit (0 before the first)."""
+        return self._revision
+
+    def _advance(self, revision: int) -> None:
+        """Note a commit at ``revision`` (seen in any order: the newest one wins)."""
+        self._revision = max(self._revision, revision)
 
     @property
-    @abc.abstractmethod
     def replica(self) -> str:
         """This server's id: its incarnation on a single-process store, its replica id on
         a shared one; unique per process start.
@@ -156,6 +196,14 @@ class Store(abc.ABC):
         of a server that died or restarted, whose calls are gone with it, are
         dropped instead of promoted into a slot nobody would hold.
         """
+        return self._replica
+
+    @property
+    @abc.abstractmethod
+    def durable(self) -> bool:
+        """Whether the guards' state outlives the server process (a restart finds its
+        holders, queues and fencing tokens again); a store that forgets on restart
+        seeds the fencing tokens of new guards from the clock instead."""
 
     @property
     def exclusive(self) -> bool:

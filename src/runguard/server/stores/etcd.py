@@ -59,6 +59,10 @@ None once etcd has compacted the revisions needed.
 
 Every client error leaves as ``StoreUnavailable`` with a sentence for people
 (``raise ... from``), never the client library's repr.
+
+This module is the compare-and-swap path, the reads and the feed; it composes
+``etcd_presence`` (the replicas' presence keys), ``etcd_records`` (the guard keys'
+records and this replica's sent writes) and ``etcd_calls`` (failures said for people).
 """
 
 from __future__ import annotations
@@ -68,13 +72,12 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 import structlog
-from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio import Etcd3Client, prefix_range_end
 from etcd3aio._protobuf import (
     Compare,
     KVStub,
@@ -86,12 +89,7 @@ from etcd3aio._protobuf import (
 )
 from etcd3aio.kv import KVService, SortOrder, SortTarget
 
-from runguard.server.core import (
-    Change,
-    GuardDoc,
-    GuardSettings,
-    without_waiters_of,
-)
+from runguard.server.core import Change, GuardDoc, GuardSettings
 from runguard.server.errors import StoreUnavailable, VersionConflict
 from runguard.server.stores.base import (
     Batch,
@@ -102,14 +100,11 @@ from runguard.server.stores.base import (
     Write,
     reclaim_shard,
 )
-from runguard.server.stores.codec import (
-    CodecError,
-    decode_record,
-    decode_settings,
-    encode_record,
-    encode_settings,
-    record_commit_id,
-)
+from runguard.server.stores.codec import CodecError, decode_settings, encode_settings
+from runguard.server.stores.etcd_calls import FAILURES as _FAILURES
+from runguard.server.stores.etcd_calls import call, closing, describe_failure
+from runguard.server.stores.etcd_presence import Presence
+from runguard.server.stores.etcd_records import Records
 
 __all__ = [
     "COUNT_EVERY",
@@ -133,9 +128,6 @@ TXN_OPS = 120
 """Compares (and writes) one Txn holds at most: etcd refuses more than 128 by default
 (``--max-txn-ops``)."""
 
-SENT_KEPT = 4_096
-"""Recent Txns whose writes are kept for the feed (older ones are decoded from it)."""
-
 TXN_BYTES = 1 << 20
 """Bytes of records one Txn carries at most: etcd refuses requests above 1.5 MiB by default
 (``--max-request-bytes``)."""
@@ -146,28 +138,6 @@ PAGE = 500
 log = structlog.get_logger("runguard")
 
 _CLOSED = object()
-
-_FAILURES = (EtcdError, grpc.RpcError, TimeoutError, OSError)
-"""What the client library raises when etcd cannot be reached or answer in time."""
-
-
-def describe_failure(error: BaseException, timeout: float) -> str:
-    """A sentence for people about a failed etcd call (never the library's repr)."""
-    if isinstance(error, TimeoutError):
-        return f"etcd did not answer in {timeout:g} s"
-    cause = error.__cause__ if isinstance(error, EtcdError) else error
-    if isinstance(cause, grpc.aio.AioRpcError):
-        code, details = cause.code(), cause.details() or ""
-        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return f"etcd did not answer in {timeout:g} s"
-        if code is grpc.StatusCode.UNAVAILABLE:
-            return f"etcd cannot be reached ({details or 'no endpoint answered'})"
-        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return f"etcd refused the request as too large: {details}"
-        return f"etcd refused the request ({code.name}): {details}"
-    if isinstance(error, EtcdError | OSError):
-        return f"etcd cannot be reached: {error}"
-    return f"etcd failed: {type(error).__name__}"
 
 
 def _chunks(writes: Sequence[tuple[Write, bytes]]) -> list[list[tuple[Write, bytes]]]:
@@ -183,11 +153,6 @@ def _chunks(writes: Sequence[tuple[Write, bytes]]) -> list[list[tuple[Write, byt
         chunks[-1].append((write, value))
         ops, size = ops + cost, size + len(value)
     return chunks if chunks[-1] else []
-
-
-def _closing(watch: AsyncIterator[Any]) -> contextlib.aclosing[AsyncGenerator[Any, None]]:
-    """Close an etcd watch (an async generator, typed as an iterator) when the block ends."""
-    return contextlib.aclosing(cast("AsyncGenerator[Any, None]", watch))
 
 
 @dataclasses.dataclass
@@ -228,25 +193,22 @@ class EtcdStore(Store):
             raise ValueError("an etcd store needs at least one endpoint")
         self._endpoints = list(endpoints)
         self._prefix = prefix.strip("/")
-        self._guards = f"{self._prefix}/g/".encode()
-        self._presence = f"{self._prefix}/r/".encode()
+        self._records = Records(self._prefix)
+        self._guards = self._records.prefix
         self._fencing_floor = fencing_floor
         self._history = history
         self._timeout = timeout
-        self._presence_ttl = presence_ttl
-        self._replica = uuid.uuid4().hex[:16]
-        self._live: set[str] = {self._replica}
-        self._dead: set[str] = set()
         self._count, self._created, self._counted_at = 0, 0, -COUNT_EVERY
         self._subscribers: list[_Subscriber] = []
-        self._sent: OrderedDict[str, dict[str, Write]] = OrderedDict()
-        """The writes of this replica's recent Txns by commit id, until the feed brings
-        them back: its own commits are not decoded again."""
         self._client: Etcd3Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started: asyncio.Task[None] | None = None
         self._closed = False
-        self._epoch, self._revision = self._bootstrap()
+        epoch, revision = self._bootstrap()
+        super().__init__(epoch=epoch, revision=revision)
+        self._presence = Presence(
+            self._prefix, self._replica, ttl=presence_ttl, timeout=timeout, connect=self._kv
+        )
 
     # -- opening (blocking, once, before the server serves) -------------------
 
@@ -295,19 +257,8 @@ class EtcdStore(Store):
     # -- running -------------------------------------------------------------------
 
     @property
-    def epoch(self) -> str:
-        return self._epoch
-
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    @property
-    def replica(self) -> str:
-        return self._replica
-
-    def _see(self, revision: int) -> None:
-        self._revision = max(self._revision, revision)
+    def durable(self) -> bool:
+        return True
 
     def _api(self) -> Etcd3Client:
         """The connected client (background tasks run only once it is)."""
@@ -338,125 +289,26 @@ class EtcdStore(Store):
             client = Etcd3Client(self._endpoints, rpc_max_attempts=3)
             await client.connect()
             self._client = client
-        lease = await self._present()
+        client = self._api()
+        lease = await self._presence.enter(client)
         if self._closed:
             return
         self._tasks.append(
-            asyncio.create_task(self._keep_present(lease), name="runguard-etcd-presence")
+            asyncio.create_task(self._presence.hold(client, lease), name="runguard-etcd-presence")
         )
-        self._tasks.append(asyncio.create_task(self._follow_presence(), name="runguard-etcd-peers"))
-
-    def _key(self, guard: str) -> bytes:
-        return self._guards + guard.encode()
+        self._tasks.append(
+            asyncio.create_task(self._presence.follow(client), name="runguard-etcd-peers")
+        )
 
     def _reclaimed(self, guard: str) -> bytes:
         """The key every reclaim of a name of this guard's shard writes (see read)."""
         return f"{self._prefix}/meta/reclaimed/{reclaim_shard(guard)}".encode()
 
-    def _name(self, key: bytes) -> str:
-        return key[len(self._guards) :].decode()
-
-    # -- presence of replicas ----------------------------------------------------
-
-    async def _present(self) -> int:
-        """Put this replica's presence key on a new lease; returns the lease."""
-        client = self._api()
-        assert client.lease is not None
-        assert client.kv is not None
-        granted = await client.lease.grant(self._presence_ttl, timeout=self._timeout)
-        key = self._presence + self._replica.encode()
-        await client.kv.put(key, b"", lease=granted.ID, timeout=self._timeout)
-        return int(granted.ID)
-
-    async def _keep_present(self, lease: int) -> None:
-        """Hold this replica's presence key; make a new lease if the old one is lost."""
-        assert self._client is not None
-        assert self._client.lease is not None
-        lease_api = self._client.lease
-        while True:
-            try:
-                if not lease:
-                    lease = await self._present()
-                await asyncio.sleep(max(0.2, self._presence_ttl / 3))
-                stream = lease_api.keep_alive(lease)
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        async for answer in stream:
-                            if answer.TTL <= 0:  # the lease ran out: be present again
-                                lease = 0
-                            break
-                finally:
-                    stream.cancel()
-            except asyncio.CancelledError:
-                if lease:
-                    with contextlib.suppress(*_FAILURES):
-                        await lease_api.revoke(lease, timeout=1.0)
-                raise
-            except _FAILURES as error:
-                log.warning("etcd_presence_failed", error=describe_failure(error, self._timeout))
-                await asyncio.sleep(0.5)
-
-    async def _follow_presence(self) -> None:
-        """Learn which replicas come and go, from their presence keys."""
-        assert self._client is not None
-        assert self._client.watch is not None
-        while True:
-            try:
-                kv = self._api().kv
-                assert kv is not None
-                found = await kv.get(
-                    self._presence, prefix_range_end(self._presence), timeout=self._timeout
-                )
-                for item in found.kvs:
-                    self._live.add(item.key[len(self._presence) :].decode())
-                watch = self._client.watch.watch(
-                    self._presence,
-                    prefix_range_end(self._presence),
-                    start_revision=found.header.revision + 1,
-                )
-                async with _closing(watch) as responses:
-                    async for response in responses:
-                        for event in response.events:
-                            name = event.kv.key[len(self._presence) :].decode()
-                            if event.type == 1:  # DELETE: the replica's lease ran out
-                                self._live.discard(name)
-                                if name != self._replica:
-                                    self._dead.add(name)
-                            else:
-                                self._live.add(name)
-                                self._dead.discard(name)
-                        if response.canceled:
-                            break
-            except _FAILURES as error:
-                log.warning("etcd_peers_failed", error=describe_failure(error, self._timeout))
-                await asyncio.sleep(0.5)
-
-    async def _gone(self, owners: set[str]) -> set[str]:
-        """Which of ``owners`` are replicas known to be gone (asking etcd about new names)."""
-        unknown = owners - self._live - self._dead - {""}
-        if unknown:
-            kv = await self._kv()
-            for name in unknown:
-                found = await self._call(
-                    kv.get(self._presence + name.encode(), timeout=self._timeout)
-                )
-                (self._live if found.kvs else self._dead).add(name)
-        return owners & self._dead
-
-    async def _visible(self, doc: GuardDoc) -> GuardDoc:
-        """The document without the waiters of replicas that are gone."""
-        if not doc.queue:
-            return doc
-        return without_waiters_of(doc, await self._gone({w.owner for w in doc.queue}))
-
     # -- calls -----------------------------------------------------------------------
 
-    async def _call(self, call: Any) -> Any:
+    async def _call(self, pending: Any) -> Any:
         """Await one (retry-safe) client call; its failures leave as StoreUnavailable."""
-        try:
-            return await call
-        except _FAILURES as error:
-            raise StoreUnavailable(describe_failure(error, self._timeout)) from error
+        return await call(pending, self._timeout)
 
     def _new(self, guard: str, revision: int) -> GuardDoc:
         """A guard not stored as of etcd ``revision`` (see the module's word on fencing)."""
@@ -481,7 +333,7 @@ class EtcdStore(Store):
             reply = await self._call(
                 kv.txn(
                     [],
-                    [KVService.txn_op_get(self._key(n), revision=pinned) for n in names],
+                    [KVService.txn_op_get(self._records.key(n), revision=pinned) for n in names],
                     timeout=self._timeout,
                 )
             )
@@ -497,24 +349,15 @@ class EtcdStore(Store):
             # create from this read fails if the name's shard saw a reclaim since.
             return Versioned(self._new(guard, read_at), -read_at)
         item = kvs[0]
-        self._see(item.mod_revision)
-        doc = await self._visible(self._decode(item.value, item.mod_revision).doc)
+        self._advance(item.mod_revision)
+        doc = await self._presence.visible(self._records.decode(item.value, item.mod_revision).doc)
         return Versioned(doc, int(item.mod_revision))
-
-    def _decode(self, value: bytes, revision: int) -> Any:
-        try:
-            return decode_record(value, revision)
-        except CodecError as error:
-            raise StoreUnavailable(f"etcd holds a bad guard record: {error}") from error
 
     async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         kv = await self._kv()
         # One id for the call: a Txn whose answer is lost is found by it on its own keys.
         commit_id = uuid.uuid4().hex
-        records = [
-            (w, b"" if w.reclaim else encode_record(w.doc, w.changes, commit_id=commit_id))
-            for w in writes
-        ]
+        records = self._records.encode(writes, commit_id)
         commits: list[Commit] = []
         moved: dict[str, Versioned] = {}
         for chunk in _chunks(records):
@@ -533,7 +376,7 @@ class EtcdStore(Store):
         success: list[RequestOp] = []
         shards: set[bytes] = set()
         for write, value in records:
-            key = self._key(write.guard)
+            key = self._records.key(write.guard)
             if write.version <= 0:
                 # Still absent, and not reclaimed since it was read absent at -version: a
                 # name reclaimed meanwhile had tokens above the floor that read saw.
@@ -564,13 +407,13 @@ class EtcdStore(Store):
         success.extend(KVService.txn_op_put(shard, b"") for shard in sorted(shards))
         # A waiter of another replica promoted here: that replica must still be there.
         owners = sorted(set().union(*(w.promotes for w in writes)) - {self._replica, ""})
-        presence = [self._presence + name.encode() for name in owners]
+        presence = [self._presence.key(name) for name in owners]
         compares.extend(
             Compare(result=Compare.GREATER, target=Compare.CREATE, key=p, create_revision=0)
             for p in presence
         )
-        self._remember_sent(commit_id, writes)
-        failure = [KVService.txn_op_get(self._key(w.guard)) for w in writes]
+        self._records.remember_sent(commit_id, writes)
+        failure = [KVService.txn_op_get(self._records.key(w.guard)) for w in writes]
         failure.extend(KVService.txn_op_get(p) for p in presence)
         try:
             reply = await kv.txn(
@@ -586,14 +429,14 @@ class EtcdStore(Store):
             try:
                 revision = await self._resolve(writes, commit_id, error)
             except VersionConflict:  # it never landed: sent again, its guards' reads come back
-                self._sent.pop(commit_id, None)
+                self._records.forget_sent(commit_id)
                 return [], {}
         else:
             if not reply.succeeded:
-                self._sent.pop(commit_id, None)
+                self._records.forget_sent(commit_id)
                 return [], await self._moved(writes, owners, reply)
             revision = int(reply.header.revision)
-        self._see(revision)
+        self._advance(revision)
         self._created += sum(1 for w in writes if w.version <= 0 and not w.reclaim)
         return [w.landed(revision) for w in writes], {}
 
@@ -604,15 +447,14 @@ class EtcdStore(Store):
         failure branch's reads: moved on, or with a promoted waiter's replica gone."""
         for name, answer in zip(owners, reply.responses[len(writes) :], strict=True):
             if not answer.response_range.kvs:
-                self._live.discard(name)
-                self._dead.add(name)
+                self._presence.lost(name)
         read_at = int(reply.header.revision)
         moved: dict[str, Versioned] = {}
         for write, answer in zip(writes, reply.responses, strict=False):
             current = await self._versioned(write.guard, answer.response_range.kvs, read_at)
             # An absent guard reads at -read_at: a create always decides again on it,
             # since its shard's reclaims cannot be compared from here.
-            if current.version != write.version or write.promotes & self._dead:
+            if current.version != write.version or write.promotes & self._presence.dead:
                 moved[write.guard] = current
         return moved
 
@@ -631,7 +473,7 @@ class EtcdStore(Store):
             ) from error
         kv = await self._kv()
         try:
-            found = await kv.get(self._key(written.guard), timeout=self._timeout)
+            found = await kv.get(self._records.key(written.guard), timeout=self._timeout)
         except _FAILURES as read_error:
             raise StoreUnavailable(
                 f"a write's outcome is unknown ({describe_failure(error, self._timeout)}) and "
@@ -639,7 +481,7 @@ class EtcdStore(Store):
             ) from error
         if found.kvs:
             item = found.kvs[0]
-            if self._decode(item.value, item.mod_revision).commit_id == commit_id:
+            if self._records.decode(item.value, item.mod_revision).commit_id == commit_id:
                 return int(item.mod_revision)
             if item.mod_revision != written.version:
                 raise VersionConflict("the guard moved on while a write's answer was lost")
@@ -659,7 +501,7 @@ class EtcdStore(Store):
         pinned = int(first.header.revision)
         newest = first.responses[0].response_range.kvs
         revision = newest[0].mod_revision if newest else 0
-        self._see(revision)
+        self._advance(revision)
         docs: list[GuardDoc] = []
         if guards is None:
             cursor = self._guards
@@ -670,7 +512,9 @@ class EtcdStore(Store):
                 )
                 for item in page.kvs:
                     docs.append(
-                        await self._visible(self._decode(item.value, item.mod_revision).doc)
+                        await self._presence.visible(
+                            self._records.decode(item.value, item.mod_revision).doc
+                        )
                     )
                 if not page.more or not page.kvs:
                     break
@@ -681,12 +525,12 @@ class EtcdStore(Store):
 
     async def list_guards(self, after: str, limit: int) -> tuple[int, list[GuardDoc]]:
         kv = await self._kv()
-        start = self._key(after) + b"\0" if after else self._guards
+        start = self._records.key(after) + b"\0" if after else self._guards
         page = await self._call(
             kv.get(start, prefix_range_end(self._guards), limit=limit, timeout=self._timeout)
         )
-        docs = [self._decode(i.value, i.mod_revision).doc for i in page.kvs]
-        return self._revision, [await self._visible(d) for d in docs]
+        docs = [self._records.decode(i.value, i.mod_revision).doc for i in page.kvs]
+        return self._revision, [await self._presence.visible(d) for d in docs]
 
     async def guard_count(self) -> int:
         # etcd counts by walking its index: ask at most once a second, and add the
@@ -744,14 +588,14 @@ class EtcdStore(Store):
             self._guards, prefix_range_end(self._guards), start_revision=after + 1
         )
         try:
-            async with asyncio.timeout(self._timeout * 2), _closing(watch) as responses:
+            async with asyncio.timeout(self._timeout * 2), closing(watch) as responses:
                 async for response in responses:
                     if response.compact_revision > 0 or response.canceled:
                         return None  # etcd compacted the revisions needed
                     for event in response.events:
                         revision = event.kv.mod_revision
                         changes = (
-                            list(self._decode(event.kv.value, revision).changes)
+                            list(self._records.decode(event.kv.value, revision).changes)
                             if event.type == 0
                             else []  # a reclaimed guard's delete carries no changes
                         )
@@ -795,7 +639,7 @@ class EtcdStore(Store):
                 self._guards, prefix_range_end(self._guards), start_revision=next_revision
             )
             try:
-                async with _closing(watch) as responses:
+                async with closing(watch) as responses:
                     async for response in responses:
                         if response.compact_revision > 0:
                             log.error(
@@ -814,7 +658,7 @@ class EtcdStore(Store):
                         commits = [
                             await self._decoded(event.kv)
                             if event.type == 0  # PUT
-                            else self._reclaimed_commit(event.kv)  # DELETE: reclaimed
+                            else self._records.reclaimed(event.kv)  # DELETE: reclaimed
                             for event in response.events
                         ]
                         for commit in commits:
@@ -826,33 +670,15 @@ class EtcdStore(Store):
                 log.warning("etcd_feed_failed", error=describe_failure(error, self._timeout))
                 await asyncio.sleep(0.5)
 
-    def _remember_sent(self, commit_id: str, writes: Sequence[Write]) -> None:
-        """Keep a batch's writes until the feed brings them back (at most SENT_KEPT)."""
-        # One id for every Txn of a call: each adds its own writes.
-        self._sent.setdefault(commit_id, {}).update((w.guard, w) for w in writes if not w.reclaim)
-        while len(self._sent) > SENT_KEPT:
-            self._sent.popitem(last=False)
-
-    def _own(self, item: Any, revision: int) -> Commit | None:
-        """The commit of a PUT event this replica wrote, from its write: not decoded."""
-        commit_id = record_commit_id(item.value) or ""
-        sent = self._sent.get(commit_id)
-        if sent is None:
-            return None
-        write = sent.pop(self._name(item.key), None)
-        if not sent:
-            del self._sent[commit_id]
-        return None if write is None else write.landed(revision)
-
     async def _decoded(self, item: Any) -> Commit | None:
         """The commit a guard key's PUT event records (None for a record nobody can read)."""
         revision = int(item.mod_revision)
-        own = self._own(item, revision)
+        own = self._records.own(item, revision)
         if own is not None:
             return own
         try:
-            record = self._decode(item.value, revision)
-            doc = await self._visible(record.doc)
+            record = self._records.decode(item.value, revision)
+            doc = await self._presence.visible(record.doc)
         except StoreUnavailable as error:
             # A record nobody can read is skipped, not retried for ever.
             log.error(
@@ -860,21 +686,11 @@ class EtcdStore(Store):
             )
             return None
         return Commit(
-            revision=revision, guard=self._name(item.key), doc=doc, changes=record.changes
-        )
-
-    def _reclaimed_commit(self, item: Any) -> Commit:
-        guard = self._name(item.key)
-        return Commit(
-            revision=int(item.mod_revision),
-            guard=guard,
-            doc=GuardDoc(name=guard, next_fencing=0),
-            changes=(),
-            reclaimed=True,
+            revision=revision, guard=self._records.name(item.key), doc=doc, changes=record.changes
         )
 
     def _deliver(self, commit: Commit) -> None:
-        self._see(commit.revision)
+        self._advance(commit.revision)
         for subscriber in self._subscribers:
             if commit.revision > subscriber.after:
                 subscriber.queue.put_nowait(commit)

@@ -15,14 +15,13 @@ from collections.abc import AsyncIterator, Sequence
 
 from runguard.server.core import Change, ChangeLog, GuardDoc, GuardSettings
 from runguard.server.stores.base import (
-    RECLAIM_SHARDS,
     Batch,
     Commit,
+    NewDocuments,
     Store,
     Versioned,
     Write,
     only_waiters_of,
-    reclaim_shard,
 )
 from runguard.server.stores.fanout import Fanout
 
@@ -33,40 +32,16 @@ class MemoryStore(Store):
     """Guard documents in a dict; every method completes without yielding."""
 
     def __init__(self, *, fencing_floor: int, history: int = 10_000) -> None:
-        self._epoch = uuid.uuid4().hex
-        self._replica = uuid.uuid4().hex[:16]
-        self._fencing_floor = fencing_floor
+        super().__init__(epoch=uuid.uuid4().hex, revision=0)
+        self._new = NewDocuments(fencing_floor)
         self._docs: dict[str, Versioned] = {}
-        self._revision = 0
         self._log = ChangeLog(history)
         self._feed = Fanout()
         self._defaults: GuardSettings | None = None
-        self._reclaims = [0] * RECLAIM_SHARDS
-        """Reclaims per shard of names (see ``Versioned``)."""
 
     @property
-    def epoch(self) -> str:
-        return self._epoch
-
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    @property
-    def replica(self) -> str:
-        return self._replica
-
-    def _current(self, guard: str) -> Versioned:
-        found = self._docs.get(guard)
-        if found is None:
-            return Versioned(
-                GuardDoc(name=guard, next_fencing=self._fencing_floor),
-                -self._reclaims[reclaim_shard(guard)],
-            )
-        return Versioned(only_waiters_of(found.doc, self._replica), found.version)
-
-    async def read(self, guard: str) -> Versioned:
-        return self._current(guard)
+    def durable(self) -> bool:
+        return False
 
     @property
     def exclusive(self) -> bool:
@@ -75,6 +50,15 @@ class MemoryStore(Store):
     @property
     def inline(self) -> bool:
         return True
+
+    def _current(self, guard: str) -> Versioned:
+        found = self._docs.get(guard)
+        if found is None:
+            return self._new.absent(guard)
+        return Versioned(only_waiters_of(found.doc, self._replica), found.version)
+
+    async def read(self, guard: str) -> Versioned:
+        return self._current(guard)
 
     async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         commits: list[Commit] = []
@@ -93,8 +77,7 @@ class MemoryStore(Store):
         commit = write.landed(self._revision)
         if write.reclaim:
             self._docs.pop(guard, None)
-            self._fencing_floor = max(self._fencing_floor, doc.next_fencing)
-            self._reclaims[reclaim_shard(guard)] += 1
+            self._new.reclaimed(guard, doc.next_fencing)
         else:
             self._docs[guard] = Versioned(doc, self._revision)
         self._log.append(commit.changes)

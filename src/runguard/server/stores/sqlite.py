@@ -47,9 +47,9 @@ from typing import TypeVar
 from runguard.server.core import Change, GuardDoc, GuardSettings
 from runguard.server.errors import StoreUnavailable
 from runguard.server.stores.base import (
-    RECLAIM_SHARDS,
     Batch,
     Commit,
+    NewDocuments,
     Store,
     Versioned,
     Write,
@@ -122,9 +122,6 @@ class SqliteStore(Store):
             raise ValueError(f"synchronous must be full or normal, got {synchronous!r}")
         self._synchronous = synchronous.upper()
         self._path = Path(path)
-        self._fencing_floor = fencing_floor
-        self._replica = uuid.uuid4().hex[:16]
-        self._reclaims = [0] * RECLAIM_SHARDS  # reclaims per shard of names (see Versioned)
         self._history = history
         self._slack = max(1, history // 10)
         self._feed = Fanout()
@@ -132,10 +129,11 @@ class SqliteStore(Store):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runguard-sqlite")
         try:
             self._lock = self._take_lock()
-            self._db, self._epoch, self._revision, self._floor, self._kept, fence = (
-                self._worker.submit(self._open).result()
-            )
-            self._fencing_floor = max(self._fencing_floor, fence)
+            self._db, epoch, revision, self._floor, self._kept, fence = self._worker.submit(
+                self._open
+            ).result()
+            super().__init__(epoch=epoch, revision=revision)
+            self._new = NewDocuments(max(fencing_floor, fence))
             self._count = self._worker.submit(
                 lambda: int(self._db.execute("SELECT count(*) FROM guards").fetchone()[0])
             ).result()
@@ -212,25 +210,12 @@ class SqliteStore(Store):
             raise StoreUnavailable("the store is closed") from error
 
     @property
-    def epoch(self) -> str:
-        return self._epoch
+    def durable(self) -> bool:
+        return True
 
     @property
-    def revision(self) -> int:
-        return self._revision
-
-    @property
-    def replica(self) -> str:
-        return self._replica
-
-    def _new(self, guard: str) -> Versioned:
-        # Not stored: version -reclaims, so a command that read the guard before another
-        # guard was reclaimed (and the fencing floor raised) cannot create it from the
-        # floor it read.
-        return Versioned(
-            GuardDoc(name=guard, next_fencing=self._fencing_floor),
-            -self._reclaims[reclaim_shard(guard)],
-        )
+    def exclusive(self) -> bool:
+        return True  # one server process per file (the lock)
 
     def _decode(self, text: str) -> GuardDoc:
         """A stored document without the waiters of earlier incarnations (their calls died)."""
@@ -241,7 +226,7 @@ class SqliteStore(Store):
             "SELECT version, doc FROM guards WHERE name = ?", (guard,)
         ).fetchone()
         if row is None:
-            return self._new(guard)
+            return self._new.absent(guard)
         return Versioned(self._decode(row[1]), int(row[0]))
 
     async def read(self, guard: str) -> Versioned:
@@ -249,10 +234,6 @@ class SqliteStore(Store):
 
     async def read_many(self, guards: Sequence[str]) -> list[Versioned]:
         return await self._run(lambda: [self._read(guard) for guard in guards])
-
-    @property
-    def exclusive(self) -> bool:
-        return True  # one server process per file (the lock)
 
     async def commit_batch(self, writes: Sequence[Write]) -> Batch:
         encoded = [
@@ -267,7 +248,7 @@ class SqliteStore(Store):
             try:
                 revision = self._committed
                 fence, count, kept, floor = (
-                    self._fencing_floor,
+                    self._new.fencing_floor,
                     self._count,
                     self._kept,
                     self._floor,
@@ -281,7 +262,7 @@ class SqliteStore(Store):
                     # The version is the revision that wrote it, so a guard reclaimed and
                     # written again never repeats an old version.
                     if write.version <= 0:
-                        absent_at = -(self._reclaims[shard] + reclaims[shard])
+                        absent_at = -(self._new.reclaims[shard] + reclaims[shard])
                         swapped = write.version == absent_at and (
                             write.reclaim
                             or db.execute(
@@ -324,7 +305,7 @@ class SqliteStore(Store):
                     kept += len(changes)
                     landed.append(write)
                 if landed:
-                    if fence != self._fencing_floor:
+                    if fence != self._new.fencing_floor:
                         db.execute("UPDATE meta SET value = ? WHERE key = 'fence'", (str(fence),))
                     db.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (str(revision),))
                     if kept > self._history + self._slack:
@@ -336,9 +317,9 @@ class SqliteStore(Store):
                 raise
             first = self._committed + 1
             self._kept, self._floor, self._committed = kept, floor, revision
-            self._fencing_floor, self._count = fence, count
+            self._new.fencing_floor, self._count = fence, count
             for shard, n in reclaims.items():
-                self._reclaims[shard] += n
+                self._new.reclaims[shard] += n
             commits = tuple(w.landed(at) for at, w in enumerate(landed, start=first))
             # Scheduled from this one thread in commit order, so subscribers
             # see revision order, and before commit_batch() resumes.
@@ -369,7 +350,7 @@ class SqliteStore(Store):
         return kept - int(gone[0]), floor
 
     def _publish(self, commits: Sequence[Commit]) -> None:
-        self._revision = max(self._revision, commits[-1].revision)
+        self._advance(commits[-1].revision)
         for commit in commits:
             self._feed.publish(commit)
 
