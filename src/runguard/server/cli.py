@@ -1,5 +1,6 @@
 """``runguard``: the command line: ``serve`` and ``health`` here, the client verbs in
-``runguard.client.cli``. The only modules that read the environment.
+``runguard.client.cli``. These and the seed's drop-in (``runguard.client.run_guard``,
+whose callers configure it so) are the only modules that read the environment.
 
 Environment (flags win): ``RUN_DEDUP_WINDOW_SECS`` (5) and ``RUN_MAX_SECS``
 (1800) keep the seed's meaning; ``RUNGUARD_LISTEN`` and ``RUNGUARD_STORE``

@@ -192,13 +192,7 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (mTLS is TLS first)")
-        if not (self.tls or self.auth_tokens or self.insecure or is_loopback(self.listen)):
-            raise ValueError(
-                f"listen: refusing to serve {self.listen} without TLS or auth tokens: anybody "
-                "who can reach it could take, end and force-end every run. Give "
-                "--tls-cert/--tls-key (and --tls-client-ca), or --auth-tokens, or --insecure "
-                "to serve a network you trust anyway"
-            )
+        self._check_exposed("listen", self.listen, "--tls-cert/--tls-key (and --tls-client-ca)")
         self._check_http()
         if self.max_watchers_per_principal < 1:
             raise ValueError(
@@ -209,6 +203,16 @@ class ServerConfig:
             raise ValueError(
                 f"max_request_bytes must be at least {MIN_REQUEST_BYTES} (the largest valid "
                 f"request fits), got {self.max_request_bytes}"
+            )
+
+    def _check_exposed(self, name: str, address: str, tls_flags: str) -> None:
+        """Refuse a non-loopback ``address`` that nothing guards (TLS, tokens or --insecure)."""
+        if not (self.tls or self.auth_tokens or self.insecure or is_loopback(address)):
+            raise ValueError(
+                f"{name}: refusing to serve {address} without TLS or auth tokens: anybody who "
+                "can reach it could take, end and force-end every run. Give "
+                f"{tls_flags}, or --auth-tokens, or --insecure to serve a network you trust "
+                "anyway"
             )
 
     def _check_http(self) -> None:
@@ -223,13 +227,7 @@ class ServerConfig:
             if self.http_cors_origins:
                 raise ValueError("http_cors_origins needs http_listen")
             return
-        if not (self.tls or self.auth_tokens or self.insecure or is_loopback(self.http_listen)):
-            raise ValueError(
-                f"http_listen: refusing to serve {self.http_listen} without TLS or auth tokens: "
-                "anybody who can reach it could take, end and force-end every run. Give "
-                "--tls-cert/--tls-key, or --auth-tokens, or --insecure to serve a network you "
-                "trust anyway"
-            )
+        self._check_exposed("http_listen", self.http_listen, "--tls-cert/--tls-key")
         if self.tls_client_ca is not None and self.auth_tokens is None:
             raise ValueError(
                 "http_listen: the HTTP front cannot tell principals by client certificate; "
@@ -240,11 +238,6 @@ class ServerConfig:
     def tls(self) -> bool:
         """Whether the server speaks TLS."""
         return self.tls_cert is not None
-
-    @property
-    def authenticates(self) -> bool:
-        """Whether callers must prove who they are (client certificates or bearer tokens)."""
-        return self.tls_client_ca is not None or self.auth_tokens is not None
 
     @property
     def default_settings(self) -> GuardSettings:

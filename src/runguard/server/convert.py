@@ -3,6 +3,9 @@ except into ``Granted``, the one message that carries them."""
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import TypeVar, cast
+
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from runguard.server.core import (
@@ -38,40 +41,22 @@ __all__ = [
 SNAPSHOT_PART_BYTES = 512 * 1024
 """About how large one part of a Snapshot may grow before the next part starts."""
 
-_REJECTION = {
-    RejectionReason.IN_FLIGHT: pb.REJECTION_REASON_IN_FLIGHT,
-    RejectionReason.DUPLICATE: pb.REJECTION_REASON_DUPLICATE,
-    RejectionReason.WAIT_TIMEOUT: pb.REJECTION_REASON_WAIT_TIMEOUT,
-    RejectionReason.QUEUE_FULL: pb.REJECTION_REASON_QUEUE_FULL,
-    RejectionReason.NOT_HELD: pb.REJECTION_REASON_NOT_HELD,
-}
-_KIND = {
-    ChangeKind.ACQUIRED: pb.CHANGE_KIND_ACQUIRED,
-    ChangeKind.RELEASED: pb.CHANGE_KIND_RELEASED,
-    ChangeKind.CONFIGURED: pb.CHANGE_KIND_CONFIGURED,
-    ChangeKind.PROGRESSED: pb.CHANGE_KIND_PROGRESSED,
-    ChangeKind.CANCEL_REQUESTED: pb.CHANGE_KIND_CANCEL_REQUESTED,
-}
-_RELEASE = {
-    ReleaseReason.ENDED: pb.RELEASE_REASON_ENDED,
-    ReleaseReason.EXPIRED: pb.RELEASE_REASON_EXPIRED,
-    ReleaseReason.FORCED: pb.RELEASE_REASON_FORCED,
-}
-_END = {
-    EndResult.ENDED: pb.END_RESULT_ENDED,
-    EndResult.ALREADY_ENDED: pb.END_RESULT_ALREADY_ENDED,
-    EndResult.UNKNOWN: pb.END_RESULT_UNKNOWN,
-}
-_OUTCOME = {
-    RunOutcome.SUCCEEDED: pb.RUN_OUTCOME_SUCCEEDED,
-    RunOutcome.FAILED: pb.RUN_OUTCOME_FAILED,
-    RunOutcome.CANCELLED: pb.RUN_OUTCOME_CANCELLED,
-}
-_CANCEL = {
-    CancelResult.REQUESTED: pb.CANCEL_RESULT_REQUESTED,
-    CancelResult.ALREADY_REQUESTED: pb.CANCEL_RESULT_ALREADY_REQUESTED,
-    CancelResult.ALREADY_ENDED: pb.CANCEL_RESULT_ALREADY_ENDED,
-}
+_E = TypeVar("_E", bound=Enum)
+_P = TypeVar("_P", bound=int)
+
+
+def _same_names(core: type[_E], contract: type[_P], prefix: str) -> dict[_E, _P]:
+    """Each member of a core enum to the ``contract`` enum's value of the same name after
+    ``prefix`` (a member the contract lacks fails at import, not on the wire)."""
+    return {member: cast(_P, getattr(contract, prefix + member.name)) for member in core}
+
+
+_REJECTION = _same_names(RejectionReason, pb.RejectionReason, "REJECTION_REASON_")
+_KIND = _same_names(ChangeKind, pb.ChangeKind, "CHANGE_KIND_")
+_RELEASE = _same_names(ReleaseReason, pb.ReleaseReason, "RELEASE_REASON_")
+_END = _same_names(EndResult, pb.EndResult, "END_RESULT_")
+_OUTCOME = _same_names(RunOutcome, pb.RunOutcome, "RUN_OUTCOME_")
+_CANCEL = _same_names(CancelResult, pb.CancelResult, "CANCEL_RESULT_")
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:

@@ -36,22 +36,16 @@ class Metrics:
         self.expirations = Counter(
             "runguard_expired", "Leases that ran out.", ["guard"], registry=r
         )
-        self.hold_seconds = Histogram(
-            "runguard_hold_seconds",
-            "How long runs held their slot, by how they left it.",
-            ["guard", "reason"],
-            buckets=_SECONDS,
-            registry=r,
+        self.hold_seconds = self._per_guard_seconds(
+            "runguard_hold_seconds", "How long runs held their slot, by how they left it.", "reason"
         )
         self.queue_length = Gauge(
             "runguard_queue_length", "Begins waiting in a guard's queue.", ["guard"], registry=r
         )
-        self.wait_seconds = Histogram(
+        self.wait_seconds = self._per_guard_seconds(
             "runguard_wait_seconds",
             "How long queued Begins waited, by how the wait ended.",
-            ["guard", "outcome"],
-            buckets=_SECONDS,
-            registry=r,
+            "outcome",
         )
         self.watchers = Gauge("runguard_watchers", "Open Watch streams.", registry=r)
         self.resyncs = Counter(
@@ -83,6 +77,12 @@ class Metrics:
             ["method", "code"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5, 30),
             registry=r,
+        )
+
+    def _per_guard_seconds(self, name: str, documentation: str, by: str) -> Histogram:
+        """A histogram of seconds (up to an hour) by guard and ``by``."""
+        return Histogram(
+            name, documentation, ["guard", by], buckets=_SECONDS, registry=self.registry
         )
 
     def guard(self, name: str) -> str:

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from runguard.server import convert
 from runguard.server.auth import Role, audit, current_principal
 from runguard.server.coordinator import Coordinator
-from runguard.server.core import Change, GuardPolicy, GuardSettings
+from runguard.server.core import Change, GuardPolicy, GuardSettings, GuardView
 from runguard.server.errors import (
     FieldViolation,
     InvalidArgument,
@@ -72,6 +72,7 @@ reports the failure as an internal error."""
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Context = grpc.aio.ServicerContext[Any, Any]
+Stamped = TypeVar("Stamped", pb.CurrentResponse, pb.ConfigureGuardResponse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,11 @@ def add_to_server(servicer: RunGuardServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]  # grpc-stubs predate it
 
 
+def _audit(method: str, request: object, context: Context, **what: Any) -> None:
+    """An ``audit`` line for the calling principal, from the call's peer."""
+    audit(method, request, principal=current_principal(), peer=context.peer(), **what)
+
+
 def _mapped(
     method: Callable[[RunGuardServicer, Req, Context], Awaitable[Resp]],
 ) -> Callable[[RunGuardServicer, Req, Context], Awaitable[Resp]]:
@@ -143,11 +149,10 @@ def _mapped(
             return await method(self, request, context)
         except RunGuardError as error:
             if isinstance(error, LeaseMismatch | TooManyWatchers):
-                audit(
+                _audit(
                     method.__name__,
                     request,
-                    principal=current_principal(),
-                    peer=context.peer(),
+                    context,
                     refused=type(error).__name__,
                     reason=str(error),
                 )
@@ -181,6 +186,14 @@ class RunGuardServicer:
         self._watching: Counter[str] = Counter()
         """Open Watch streams per authenticated principal."""
 
+    def _stamped(self, response: type[Stamped], view: GuardView, revision: int) -> Stamped:
+        """A response carrying one guard's state as of ``revision``, and the store's epoch."""
+        return response(
+            state=convert.state_message(view),
+            revision=revision,
+            epoch=self._coordinator.store.epoch,
+        )
+
     @_mapped
     async def Begin(self, request: pb.BeginRequest, context: Context) -> pb.BeginResponse:
         args = parse_begin(request, self._config)
@@ -208,14 +221,7 @@ class RunGuardServicer:
             result=args.result,
         )
         if args.force:
-            audit(
-                "End",
-                request,
-                principal=current_principal(),
-                peer=context.peer(),
-                action="force",
-                result=result.value,
-            )
+            _audit("End", request, context, action="force", result=result.value)
         return convert.end_response(result, run)
 
     @_mapped
@@ -241,14 +247,7 @@ class RunGuardServicer:
             principal=principal.name,
             admin=Role.ADMIN in principal.roles,
         )
-        audit(
-            "Cancel",
-            request,
-            principal=principal,
-            peer=context.peer(),
-            action="cancel",
-            result=result.value,
-        )
+        _audit("Cancel", request, context, action="cancel", result=result.value)
         return convert.cancel_response(result, run)
 
     @_mapped
@@ -261,11 +260,7 @@ class RunGuardServicer:
     async def Current(self, request: pb.CurrentRequest, context: Context) -> pb.CurrentResponse:
         guard = parse_current(request)
         view, revision = await self._coordinator.current(guard)
-        return pb.CurrentResponse(
-            state=convert.state_message(view),
-            revision=revision,
-            epoch=self._coordinator.store.epoch,
-        )
+        return self._stamped(pb.CurrentResponse, view, revision)
 
     @_mapped
     async def ConfigureGuard(
@@ -286,21 +281,16 @@ class RunGuardServicer:
             )
 
         view, revision = await self._coordinator.configure(args.guard, changed)
-        audit(
+        _audit(
             "ConfigureGuard",
             request,
-            principal=current_principal(),
-            peer=context.peer(),
+            context,
             action="reset" if args.reset else "configure",
             capacity=view.capacity,
             dedup_window=view.dedup_window,
             max_queue=view.max_queue,
         )
-        return pb.ConfigureGuardResponse(
-            state=convert.state_message(view),
-            revision=revision,
-            epoch=self._coordinator.store.epoch,
-        )
+        return self._stamped(pb.ConfigureGuardResponse, view, revision)
 
     @_mapped
     async def ListGuards(

@@ -11,6 +11,7 @@ import base64
 import math
 import unicodedata
 from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf import duration_pb2, struct_pb2
 
@@ -79,6 +80,15 @@ def _secs(value: float) -> str:
     return f"{value:.9f}".rstrip("0").rstrip(".")
 
 
+class _NamesRun(Protocol):
+    """A request naming one run: its guard and operation id."""
+
+    @property
+    def guard(self) -> str: ...
+    @property
+    def operation_id(self) -> str: ...
+
+
 class _Checker:
     def __init__(self) -> None:
         self.violations: list[FieldViolation] = []
@@ -96,6 +106,11 @@ class _Checker:
         if not GUARD_PATTERN.fullmatch(value):
             self.bad(field, "must be 1 to 128 characters of letters, digits and ._:/-")
         return value
+
+    def run(self, request: _NamesRun) -> tuple[str, str]:
+        """The guard and the (required) operation id of a request about one run."""
+        guard = self.guard("guard", request.guard)
+        return guard, self.operation_id("operation_id", request.operation_id, required=True)
 
     def operation_id(self, field: str, value: str, *, required: bool) -> str:
         if value == "" and not required:
@@ -263,8 +278,7 @@ class EndArgs:
 def parse_end(request: pb.EndRequest) -> EndArgs:
     """Validate an End. Raises InvalidArgument naming each bad field."""
     check = _Checker()
-    guard = check.guard("guard", request.guard)
-    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    guard, operation_id = check.run(request)
     token = check.lease_token(request.lease_token, required=not request.force)
     outcome = check.outcome(request.outcome)
     result = ""
@@ -291,8 +305,7 @@ class KeepAliveArgs:
 def parse_keep_alive(request: pb.KeepAliveRequest, config: ServerConfig) -> KeepAliveArgs:
     """Validate a KeepAlive. Raises InvalidArgument naming each bad field."""
     check = _Checker()
-    guard = check.guard("guard", request.guard)
-    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    guard, operation_id = check.run(request)
     token = check.lease_token(request.lease_token, required=True)
     ttl = (
         check.duration("ttl", request.ttl, low=0, high=config.max_ttl, open_low=True)
@@ -316,8 +329,7 @@ class CancelArgs:
 def parse_cancel(request: pb.CancelRequest) -> CancelArgs:
     """Validate a Cancel. Raises InvalidArgument naming each bad field."""
     check = _Checker()
-    guard = check.guard("guard", request.guard)
-    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    guard, operation_id = check.run(request)
     reason = check.text("reason", request.reason, CANCEL_REASON_MAX_CHARS)
     check.done()
     return CancelArgs(guard, operation_id, reason)
@@ -334,8 +346,7 @@ class RunArgs:
 def parse_get_run(request: pb.GetRunRequest) -> RunArgs:
     """Validate a GetRun. Raises InvalidArgument naming each bad field."""
     check = _Checker()
-    guard = check.guard("guard", request.guard)
-    operation_id = check.operation_id("operation_id", request.operation_id, required=True)
+    guard, operation_id = check.run(request)
     check.done()
     return RunArgs(guard, operation_id)
 

@@ -342,7 +342,5 @@ def test_serve_flags_reach_the_security_settings() -> None:
     )
     assert config.auth_tokens == "tokens"
     assert (config.max_watchers_per_principal, config.max_request_bytes) == (7, 300_000)
-    assert config.authenticates
     insecure = build_config(_parser().parse_args(["serve", "--listen", "[::]:1", "--insecure"]), {})
     assert insecure.insecure
-    assert not insecure.authenticates
