@@ -301,7 +301,7 @@ def test_run_refused_does_not_run_the_command(
 def test_run_renews_a_short_lease_for_the_whole_command(
     server: Served, cli: Cli, client: Client, guard: str, tmp_path: Path
 ) -> None:
-    """run --ttl 3 keeps renewing, so a 5 s command holds the slot throughout and exits 0."""
+    """run --ttl 3 keeps renewing, so an 8 s command holds the slot throughout and exits 0."""
     started = tmp_path / "started"
     command = runguard_command(
         "run",
@@ -314,7 +314,7 @@ def test_run_renews_a_short_lease_for_the_whole_command(
         "--",
         "sh",
         "-c",
-        f"touch {shlex.quote(str(started))}; sleep 5",
+        f"touch {shlex.quote(str(started))}; sleep 8",  # ends well after the check below
     )
     with background(command) as run:
         wait_until(started.exists)
