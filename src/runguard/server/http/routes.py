@@ -29,6 +29,7 @@ from typing import Any
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from runguard.contract import DETAILS_KEY
 from runguard.server.auth import ANONYMOUS, Principal
 from runguard.server.config import ServerConfig, is_loopback
 from runguard.server.errors import Unauthenticated
@@ -48,7 +49,7 @@ _ALLOW_HEADERS = (
     b"content-type, connect-protocol-version, connect-timeout-ms, grpc-timeout, x-grpc-web, "
     b"x-user-agent, authorization, last-event-id"
 )
-_EXPOSE_HEADERS = b"grpc-status, grpc-message, grpc-status-details-bin"
+_EXPOSE_HEADERS = f"grpc-status, grpc-message, {DETAILS_KEY}".encode()
 
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
